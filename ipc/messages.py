@@ -1,0 +1,161 @@
+"""Message types that cross process boundaries, and the one orjson codec that encodes and validates them.
+
+Every message is a flat JSON object with a protocol version ``v`` and a type tag ``t``. Decoding checks the size,
+the version, the tag and the type of every field, so a receiver can count and drop a bad message instead of
+crashing on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeAlias
+
+import orjson
+
+from ipc.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+# Reports and control messages are a few hundred bytes; anything far larger is a bug or an attack.
+MAX_MESSAGE_BYTES = 256 * 1024
+
+JSONObject: TypeAlias = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A worker imported the app, finished lifespan startup and is serving its slot's socket."""
+
+    TAG: ClassVar[str] = "ready"
+    pid: int
+    slot: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A worker could not start: import error, missing attribute, lifespan failure. ``error`` is for humans."""
+
+    TAG: ClassVar[str] = "failed"
+    pid: int
+    slot: int
+    generation: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A worker's live counters. Sent from its event loop, so a report doubles as the loop's heartbeat."""
+
+    TAG: ClassVar[str] = "report"
+    pid: int
+    slot: int
+    generation: int
+    seq: int
+    http: int  # live HTTP connections (keep-alive idle or busy), WebSockets excluded
+    websocket: int  # live WebSocket connections
+    in_flight: int  # HTTP requests being handled right now
+    requests: int  # HTTP responses completed since the worker started
+    websocket_sessions: int  # WebSocket connections opened since the worker started
+    loop_lag_ms: float  # how late the reporter's timer fired: the event loop's responsiveness
+    draining: bool
+    dropped_reports: int  # reports this worker could not send (ZeroMQ high-water mark)
+    bus: JSONObject = field(default_factory=dict)  # broadcast-bus counters, filled in by ipc.bus
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A control request from the CLI (or a script) to the supervisor."""
+
+    TAG: ClassVar[str] = "request"
+    id: str
+    cmd: str
+    args: JSONObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The final answer to a Request: ``status`` is "ok" with a result, or "error" with a reason and error kind."""
+
+    TAG: ClassVar[str] = "reply"
+    id: str
+    status: str
+    result: JSONObject = field(default_factory=dict)
+    reason: str = ""
+    kind: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """An intermediate event for a long request (a reload prints one line per slot)."""
+
+    TAG: ClassVar[str] = "progress"
+    id: str
+    event: JSONObject
+
+
+Message: TypeAlias = Ready | Failed | Report | Request | Reply | Progress
+
+_TYPES: dict[str, type[Message]] = {cls.TAG: cls for cls in (Ready, Failed, Report, Request, Reply, Progress)}
+_BUILTIN_CHECKS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "JSONObject": (dict,),
+}
+
+
+def _field_checks(cls: type[Message]) -> dict[str, tuple[tuple[type, ...], bool]]:
+    """Map each field to (accepted Python types, required) once per class, from its annotations."""
+    hints = typing.get_type_hints(cls, localns={"JSONObject": JSONObject})
+    checks: dict[str, tuple[tuple[type, ...], bool]] = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        name = "JSONObject" if hint == JSONObject else getattr(hint, "__name__", str(hint))
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        checks[f.name] = (_BUILTIN_CHECKS[name], required)
+    return checks
+
+
+_CHECKS = {tag: _field_checks(cls) for tag, cls in _TYPES.items()}
+
+
+def encode(message: Message) -> bytes:
+    """Serialise a message. Field order is the dataclass order, after ``v`` and ``t``."""
+    body: JSONObject = {"v": PROTOCOL_VERSION, "t": message.TAG}
+    for f in dataclasses.fields(message):
+        body[f.name] = getattr(message, f.name)
+    return orjson.dumps(body)
+
+
+def decode(data: bytes) -> Message:
+    """Parse and validate one message; raise ProtocolError saying exactly what is wrong."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"message is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"message must be a JSON object, got {type(body).__name__}")
+    version = body.pop("v", None)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version!r} (expected {PROTOCOL_VERSION})")
+    tag = body.pop("t", None)
+    cls = _TYPES.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {tag!r}")
+    checks = _CHECKS[cls.TAG]
+    for name, value in body.items():
+        if name not in checks:
+            raise ProtocolError(f"{tag} message has unknown field {name!r}")
+        accepted, _ = checks[name]
+        # bool is an int subclass: a count must not be True, a flag must not be 1.
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+            raise ProtocolError(f"{tag} field {name!r} must be {accepted[0].__name__}, got {type(value).__name__}")
+    missing = [name for name, (_, required) in checks.items() if required and name not in body]
+    if missing:
+        raise ProtocolError(f"{tag} message lacks field(s) {', '.join(missing)}")
+    return cls(**body)

@@ -1,0 +1,136 @@
+"""Worker → supervisor reporting: ready/failed notices and coalesced, heartbeat-carrying connection counts.
+
+The worker side runs a reporter task on the worker's own event loop: if the loop is blocked, reports stop, which
+is exactly what the supervisor must notice. Reports are sent when the counts change or a heartbeat is due, at
+most one per tick, never one per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import NamedTuple
+
+import zmq
+import zmq.asyncio
+
+from ipc.errors import ProtocolError
+from ipc.messages import Failed, JSONObject, Message, Ready, Report, decode, encode
+
+logger = logging.getLogger("wsup.stats")
+
+REPORT_TICK_S = 0.05  # how often counts are sampled; a change is reported at the next tick
+HEARTBEAT_S = 0.1  # the longest silence between two reports of a healthy worker
+
+
+class Counts(NamedTuple):
+    http: int
+    websocket: int
+    in_flight: int
+    requests: int
+    websocket_sessions: int
+    draining: bool
+
+
+class StatsReporter:
+    """The worker's side: one PUSH socket, never blocking the event loop."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        pid: int,
+        slot: int,
+        generation: int,
+        snapshot: Callable[[], Counts],
+        bus_counters: Callable[[], JSONObject] | None = None,
+    ) -> None:
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.PUSH)
+        self._socket.setsockopt(zmq.SNDHWM, 64)
+        self._socket.connect(endpoint)
+        self._pid, self._slot, self._generation = pid, slot, generation
+        self._snapshot = snapshot
+        self._bus_counters = bus_counters
+        self._seq = 0
+        self.dropped = 0
+
+    def _send(self, message: Message) -> None:
+        try:
+            self._socket.send(encode(message), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            # The supervisor is not reading (busy or gone): count it; the next report carries fresh counts anyway.
+            self.dropped += 1
+
+    def send_ready(self) -> None:
+        self._send(Ready(pid=self._pid, slot=self._slot, generation=self._generation))
+
+    def send_failed(self, error: str) -> None:
+        self._send(Failed(pid=self._pid, slot=self._slot, generation=self._generation, error=error))
+
+    def send_report(self, counts: Counts, loop_lag_ms: float) -> None:
+        self._seq += 1
+        self._send(
+            Report(
+                pid=self._pid,
+                slot=self._slot,
+                generation=self._generation,
+                seq=self._seq,
+                http=counts.http,
+                websocket=counts.websocket,
+                in_flight=counts.in_flight,
+                requests=counts.requests,
+                websocket_sessions=counts.websocket_sessions,
+                loop_lag_ms=round(loop_lag_ms, 2),
+                draining=counts.draining,
+                dropped_reports=self.dropped,
+                bus=self._bus_counters() if self._bus_counters is not None else {},
+            )
+        )
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last: Counts | None = None
+        last_sent = 0.0
+        while True:
+            due = loop.time() + REPORT_TICK_S
+            await asyncio.sleep(REPORT_TICK_S)
+            now = loop.time()
+            lag_ms = max(0.0, (now - due) * 1000.0)
+            counts = self._snapshot()
+            if counts != last or now - last_sent >= HEARTBEAT_S:
+                self.send_report(counts, lag_ms)
+                last, last_sent = counts, now
+
+    def close(self, linger_ms: int = 1000) -> None:
+        """Flush what is queued (a Failed notice must reach the supervisor before the process exits)."""
+        self._socket.close(linger=linger_ms)
+        self._context.term()
+
+
+class StatsReceiver:
+    """The supervisor's side: a PULL socket; malformed messages are counted and logged, never raised."""
+
+    def __init__(self, context: zmq.asyncio.Context, endpoint: str) -> None:
+        self._socket = context.socket(zmq.PULL)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.RCVHWM, 10_000)
+        self._socket.bind(endpoint)
+        self.malformed = 0
+
+    async def receive(self) -> Ready | Failed | Report:
+        while True:
+            payload = await self._socket.recv()
+            try:
+                message = decode(payload)
+                if not isinstance(message, Ready | Failed | Report):
+                    raise ProtocolError(f"unexpected {message.TAG} message on the stats socket")
+            except ProtocolError as exc:
+                self.malformed += 1
+                logger.warning("dropped a malformed stats message (%d so far): %s", self.malformed, exc)
+                continue
+            return message
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
