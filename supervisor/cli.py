@@ -1,0 +1,154 @@
+"""The ``wsup`` command line: parses arguments, runs a command, and is the only place that prints or exits.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration, 3 no running instance, 4 the supervisor
+did not answer in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from ipc.errors import WsupError
+from supervisor import commands
+
+logger = logging.getLogger("wsup")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit code 2, like every other usage error
+        self.exit(
+            2,
+            f"wsup: {message} (see `wsup {self.prog.split()[-1]} --help`)\n"
+            if " " in self.prog
+            else f"wsup: {message} (see `wsup --help`)\n",
+        )
+
+
+def _add_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", help="instance name (default: the only running instance)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the supervisor to answer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wsup", description="Connection-aware supervisor for ASGI WebSocket services.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    start = sub.add_parser("start", help="start a supervisor and its workers")
+    start.add_argument("app", metavar="APP", help="the ASGI app as module:attribute, e.g. app:asgi")
+    start.add_argument("-i", "--instances", default="1", help="worker processes: a number or 'max' (default 1)")
+    start.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    start.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks one)")
+    start.add_argument("--name", help="instance name (default: the app's module name)")
+    start.add_argument("--daemon", action="store_true", help="run in the background; return once ready")
+    start.add_argument("--log-level", default="info", help="critical|error|warning|info|debug|trace")
+    start.add_argument("--log-file", help="with --daemon: where output goes (default: next to the run directory)")
+    start.add_argument("--factory", action="store_true", help="APP is a callable that returns the ASGI app")
+    start.add_argument("--app-dir", default=".", help="directory to import APP from (default: current)")
+    start.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log requests")
+    start.add_argument("--balance", default="least-conn", help="least-conn (steer by live connections) or hash")
+    start.add_argument("--graceful-timeout", type=float, default=30.0, help="drain budget per worker (s)")
+    start.add_argument("--ready-timeout", type=float, default=60.0, help="time a new worker has to get ready (s)")
+    start.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=30.0,
+        help="replace a worker whose event loop is silent this long (s)",
+    )
+    start.add_argument(
+        "--ws-drain-window",
+        type=float,
+        default=2.0,
+        help="spread WebSocket closes of a draining worker over this window (s)",
+    )
+    start.add_argument("--reload-batch", type=int, default=1, help="slots replaced at once by a reload")
+    start.add_argument("--notify-fd", type=int, help=argparse.SUPPRESS)
+
+    status = sub.add_parser("status", help="show workers and their live connections")
+    _add_name(status)
+    status.add_argument("--json", action="store_true", help="print the status document as JSON")
+
+    stop = sub.add_parser("stop", help="stop gracefully (drain, then kill past --graceful-timeout)")
+    _add_name(stop)
+    return parser
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _run_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper() if args.log_level != "trace" else "DEBUG",
+        format="%(asctime)s [wsup] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if args.daemon:
+        info = commands.start_daemon(args, [a for a in argv if a != "--daemon"])
+        print(
+            f"wsup: {info['name']} started on {info['address']} with {len(info['workers'])} workers"
+            f" (log: {info['log']})"
+        )
+        return 0
+    return asyncio.run(commands.start_foreground(args))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def _status(args: argparse.Namespace) -> int:
+    result = commands.status(args.name, args.timeout)
+    if isinstance(result, list):  # several instances and no --name: list them
+        if args.json:
+            _print_json({"instances": result})
+        else:
+            print(commands.render_instances(result))
+        return 0
+    if args.json:
+        _print_json(result)
+    else:
+        print(commands.render_status(result))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    name = commands.stop(args.name, args.timeout)
+    print(f"wsup: {name} stopped")
+    return 0
+
+
+COMMANDS.update(status=_status, stop=_stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "start":
+            return _run_start(args, argv[argv.index("start") + 1 :])
+        return COMMANDS[args.command](args)
+    except WsupError as exc:
+        if getattr(args, "notify_fd", None) is not None:
+            commands.notify_failure(args.notify_fd, exc)
+        print(f"wsup: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def exit_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    exit_main()

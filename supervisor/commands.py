@@ -1,0 +1,126 @@
+"""What each CLI command does, as functions that return data or raise typed errors (the CLI prints)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ipc import control
+from ipc.endpoints import (
+    find_instance,
+    instance_paths,
+    read_info,
+    running_instances,
+    runtime_root,
+)
+from ipc.errors import AmbiguousInstanceError, SupervisorTimeoutError, WsupError
+from supervisor.config import SupervisorConfig, parse_instances
+from supervisor.daemon import notify, start_detached
+from supervisor.status_view import render_instances, render_status
+from supervisor.supervisor import Supervisor
+
+__all__ = ["render_instances", "render_status"]
+CONTROL_TIMEOUT_S = 5.0
+
+
+def config_from_args(args: argparse.Namespace) -> SupervisorConfig:
+    name = args.name or args.app.partition(":")[0].replace(".", "-")
+    return SupervisorConfig(
+        app=args.app,
+        workers=parse_instances(args.instances),
+        name=name,
+        host=args.host,
+        port=args.port,
+        factory=args.factory,
+        app_dir=args.app_dir,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        balance=args.balance,
+        graceful_timeout=args.graceful_timeout,
+        ready_timeout=args.ready_timeout,
+        heartbeat_timeout=args.heartbeat_timeout,
+        ws_drain_window=args.ws_drain_window,
+        reload_batch=args.reload_batch,
+    )
+
+
+async def start_foreground(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    paths = instance_paths(config.name)
+
+    def on_ready(info: dict[str, Any]) -> None:
+        if args.notify_fd is not None:
+            notify(args.notify_fd, {"ok": True, **info})
+        else:
+            print(
+                f"wsup: {config.name} serving {config.app} on {info['address']} with {len(info['workers'])} workers"
+                " (Ctrl-C to stop)",
+                flush=True,
+            )
+
+    await Supervisor(config, paths).run(on_ready)
+    return 0
+
+
+def start_daemon(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    config = config_from_args(args)  # fail on bad input here, before anything is spawned
+    instance_paths(config.name)
+    log_file = args.log_file or str(runtime_root() / f"{config.name}.log")
+    info = start_detached(["start", *argv], Path(log_file), timeout=config.ready_timeout + 15)
+    return {**info, "log": log_file}
+
+
+def notify_failure(fd: int, error: WsupError) -> None:
+    notify(fd, {"ok": False, "error": str(error), "kind": type(error).__name__})
+
+
+def status(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, Any] | list[dict[str, Any]]:
+    try:
+        paths = find_instance(name)
+    except AmbiguousInstanceError:
+        return [read_info(p) for p in running_instances()]
+    return control.call(paths.control, "status", timeout=timeout)
+
+
+def stop(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> str:
+    """Stop an instance and wait until the supervisor and every worker are gone (so the port is free)."""
+    paths = find_instance(name)
+    result = control.call(paths.control, "stop", timeout=timeout)
+    deadline = float(result.get("graceful_timeout", 30.0)) + 10.0
+    procs = []
+    for pid in result.get("pids", []):
+        try:
+            procs.append(psutil.Process(int(pid)))
+        except psutil.NoSuchProcess:
+            pass
+    started = time.monotonic()
+    alive = _wait_gone(procs, deadline)
+    if alive:
+        pids = ", ".join(str(p.pid) for p in alive)
+        raise SupervisorTimeoutError(
+            f"processes {pids} of {paths.name!r} still run {time.monotonic() - started:.0f}s after stop: kill them"
+        )
+    return paths.name
+
+
+def _gone(proc: psutil.Process) -> bool:
+    # A zombie has exited: only its parent (maybe a shell or a test harness, not us) can reap it.
+    try:
+        return bool(proc.status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    alive = procs
+    while alive:
+        _, alive = psutil.wait_procs(alive, timeout=0.05)
+        alive = [p for p in alive if not _gone(p)]
+        if time.monotonic() > deadline:
+            break
+    return alive

@@ -1,0 +1,66 @@
+"""The supervisor's settings, validated once, from the CLI or from code."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ipc.errors import ConfigError
+from supervisor.app_loader import validate_app_path
+
+BALANCE_MODES = ("least-conn", "hash")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+MAX_WORKERS = 128  # the steering program addresses slots with 8-bit jumps; far beyond any one host's need
+
+
+def parse_instances(value: str) -> int:
+    """``-i N`` or ``-i max`` (one worker per CPU), as PM2 accepts."""
+    if value in ("max", "0", "-1"):
+        return os.cpu_count() or 1
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(f"-i/--instances must be a positive whole number or 'max', got {value!r}") from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise ConfigError(f"-i/--instances must be between 1 and {MAX_WORKERS} (or 'max'), got {count}")
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    app: str
+    workers: int
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    factory: bool = False
+    app_dir: str = "."
+    log_level: str = "info"
+    access_log: bool = True
+    balance: str = "least-conn"
+    graceful_timeout: float = 30.0  # drain budget of a worker before TERM→KILL escalation
+    ready_timeout: float = 60.0  # how long a new worker may take to import the app and finish startup
+    heartbeat_timeout: float = 30.0  # a worker whose event loop is silent this long is killed and replaced
+    stall_after: float = 0.5  # a worker silent this long gets no new connections until it reports again
+    timeout_keep_alive: float = 5.0
+    ws_drain_window: float = 2.0
+    backlog: int = 2048
+    reload_batch: int = 1
+
+    def __post_init__(self) -> None:
+        validate_app_path(self.app)
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"-i/--instances must be between 1 and {MAX_WORKERS}, got {self.workers}")
+        if self.balance not in BALANCE_MODES:
+            raise ConfigError(f"--balance must be one of {', '.join(BALANCE_MODES)}, got {self.balance!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        for name in ("graceful_timeout", "ready_timeout", "heartbeat_timeout", "stall_after"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.heartbeat_timeout <= self.stall_after:
+            raise ConfigError("--heartbeat-timeout must be longer than the stall threshold (0.5s)")
+        if not os.path.isdir(self.app_dir):
+            raise ConfigError(f"--app-dir {self.app_dir!r} is not a directory")
+        if self.reload_batch < 1:
+            raise ConfigError(f"--reload-batch must be at least 1, got {self.reload_batch}")

@@ -1,0 +1,69 @@
+"""``wsup start --daemon``: run the supervisor detached and return once it is ready, or fail with its reason.
+
+The detached supervisor is the same ``wsup start`` in the foreground, in a new session, with its output sent to a
+log file; it writes one JSON line to a pipe when every worker is ready, or the error that stopped it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ipc.errors import StartupError, error_from_kind
+from supervisor.worker_process import _PACKAGE_ROOT
+
+
+def start_detached(argv: list[str], log_file: Path, timeout: float) -> dict[str, Any]:
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), _PACKAGE_ROOT) if p)
+    log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.cli", *argv, "--notify-fd", str(write_fd)],
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+    os.close(write_fd)
+    try:
+        data = b""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([read_fd], [], [], remaining)[0]:
+                proc.kill()
+                raise StartupError(f"the supervisor was not ready within {timeout:g}s; see {log_file}")
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(read_fd)
+    if not data.strip():
+        proc.wait(timeout=10)
+        raise StartupError(f"the supervisor exited with code {proc.returncode} during startup; see {log_file}")
+    message: dict[str, Any] = orjson.loads(data.splitlines()[0])
+    if not message.get("ok"):
+        proc.wait(timeout=30)
+        raise error_from_kind(str(message.get("kind", "StartupError")), str(message.get("error", "unknown error")))
+    return message
+
+
+def notify(fd: int, message: dict[str, Any]) -> None:
+    """Tell the waiting ``wsup start --daemon`` how startup went (the fd is closed after one message)."""
+    try:
+        os.write(fd, orjson.dumps(message) + b"\n")
+        os.close(fd)
+    except OSError:
+        pass  # the starting CLI went away: nobody to tell

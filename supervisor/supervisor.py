@@ -1,0 +1,301 @@
+"""The supervisor process: owns the listening sockets, the workers, the ZeroMQ endpoints and the steering program.
+
+It reconciles toward a target (every slot up to the target count has a ready worker), replaces workers that exit
+or whose event loop goes silent, and answers control requests. Signal handlers only enqueue work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ipc.control import ControlServer, ProgressSink
+from ipc.endpoints import InstanceLock, InstancePaths
+from ipc.errors import ConfigError, StartupError
+from ipc.messages import Failed, JSONObject, Ready, Request
+from ipc.stats import StatsReceiver
+from supervisor.balancing import SlotLoad
+from supervisor.config import SupervisorConfig
+from supervisor.listeners import ListenerGroup, resolve
+from supervisor.slots import Slot
+from supervisor.status import build_status
+from supervisor.steering import Steering
+from supervisor.tcp_info import accept_queue
+from supervisor.worker_process import WorkerProcess, WorkerStartError, WorkerState
+from supervisor.worker_spec import WorkerSpec
+
+logger = logging.getLogger("wsup.supervisor")
+TICK_S = 0.1
+
+
+class Supervisor:
+    def __init__(self, config: SupervisorConfig, paths: InstancePaths) -> None:
+        self.config = config
+        self.paths = paths
+        self.slots: list[Slot] = []
+        self.target = config.workers
+        self.workers: dict[int, WorkerProcess] = {}  # by pid: every live worker, serving or draining
+        self.retiring: list[WorkerProcess] = []  # replaced or scaled-down workers that are draining
+        self.generation = 0
+        self.stopping = False
+        self.started_at = time.time()
+        self.steering = Steering(config.balance)
+        self.listeners: ListenerGroup | None = None
+        self.unknown_reports = 0
+        self._stop_requested = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.info: dict[str, Any] = {"name": paths.name, "app": config.app}
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+    async def run(self, on_ready: Callable[[dict[str, Any]], None]) -> None:
+        lock = InstanceLock(self.paths)
+        context = zmq.asyncio.Context()
+        stats: StatsReceiver | None = None
+        control: ControlServer | None = None
+        try:
+            self.listeners = ListenerGroup.open(
+                resolve(self.config.host, self.config.port), self.config.workers, self.config.backlog
+            )
+            address = self.listeners.address
+            self.info.update(address=address.url, host=address.host, port=address.port)
+            stats = StatsReceiver(context, self.paths.stats)
+            control = ControlServer(context, self.paths.control, self.handle_request)
+            self._stats, self._control = stats, control
+            lock.write_info({**self.info, "pid": os.getpid(), "started_at": self.started_at})
+            self._install_signal_handlers()
+            self._tasks.append(asyncio.create_task(self._pump_stats(stats)))
+            self._tasks.append(asyncio.create_task(control.serve()))
+            await self._start_first_generation()
+            self._tasks.append(asyncio.create_task(self._tick_forever()))
+            on_ready({**self.info, "workers": [slot.worker.pid for slot in self.slots if slot.worker]})
+            await self._stop_requested.wait()
+            logger.info("stopping: draining %d workers", len(self.workers))
+            await self.stop_all_workers()
+        finally:
+            self.stopping = True
+            for task in self._tasks:
+                task.cancel()
+            for worker in list(self.workers.values()):
+                worker.kill_tree()
+            if control is not None:
+                control.close()
+            if stats is not None:
+                stats.close()
+            context.destroy(linger=0)
+            if self.listeners is not None:
+                self.listeners.close()
+            lock.release()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    def request_stop(self) -> None:
+        self.stopping = True
+        self._stop_requested.set()
+
+    async def _start_first_generation(self) -> None:
+        for index in range(self.target):
+            self.slots.append(Slot(index))
+            self.spawn(self.slots[index])
+        results = await asyncio.gather(
+            *(slot.worker.wait_ready(self.config.ready_timeout) for slot in self.slots if slot.worker),
+            return_exceptions=True,
+        )
+        failures = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
+        if failures:
+            index, error = failures[0]
+            self.stopping = True
+            for worker in list(self.workers.values()):
+                worker.kill_tree()
+            await asyncio.gather(*(w.exited for w in list(self.workers.values())), return_exceptions=True)
+            raise StartupError(f"worker {index} failed to start: {error}")
+        self.steer(force=True)
+        logger.info("%d workers ready on %s (%s)", self.target, self.info["address"], self.steering.mode)
+
+    async def stop_all_workers(self) -> None:
+        self.stopping = True
+        workers = list(self.workers.values())
+        await asyncio.gather(
+            *(w.stop(signal.SIGTERM, self.config.graceful_timeout) for w in workers), return_exceptions=True
+        )
+
+    # --- workers ------------------------------------------------------------------------------------------
+    def spawn(self, slot: Slot, *, assign: bool = True) -> WorkerProcess:
+        """Start a worker on ``slot``'s socket. ``assign=False`` starts a candidate that a reload swaps in later."""
+        assert self.listeners is not None
+        self.generation += 1
+        spec = WorkerSpec(
+            app=self.config.app,
+            factory=self.config.factory,
+            app_dir=self.config.app_dir,
+            fd=self.listeners.fileno(slot.index),
+            slot=slot.index,
+            generation=self.generation,
+            supervisor_pid=os.getpid(),
+            stats_endpoint=self.paths.stats,
+            bus_in=self.paths.bus_in,
+            bus_out=self.paths.bus_out,
+            log_level=self.config.log_level,
+            access_log=self.config.access_log,
+            timeout_keep_alive=self.config.timeout_keep_alive,
+            graceful_timeout=self.config.graceful_timeout,
+            ws_drain_window=self.config.ws_drain_window,
+        )
+        worker = WorkerProcess.spawn(spec)
+        if slot.spawned:
+            slot.restarts += 1
+        slot.spawned += 1
+        if assign:
+            slot.worker = worker
+        self.workers[worker.pid] = worker
+        self._tasks.append(asyncio.create_task(self._watch(worker, slot)))
+        logger.info("slot %d: started worker %d (generation %d)", slot.index, worker.pid, spec.generation)
+        return worker
+
+    async def _watch(self, worker: WorkerProcess, slot: Slot) -> None:
+        """Follow one worker from start to exit; replace it (with backoff) if it dies while it is needed."""
+        try:
+            await worker.wait_ready(self.config.ready_timeout)
+        except WorkerStartError as exc:
+            if not self.stopping:
+                logger.error("slot %d: worker %d failed to start: %s", slot.index, worker.pid, exc)
+            worker.error = worker.error or str(exc)
+            worker.kill_tree()
+        code = await worker.exited
+        self.workers.pop(worker.pid, None)
+        if worker in self.retiring:
+            self.retiring.remove(worker)
+        if slot.worker is not worker:
+            return
+        slot.worker = None
+        if self.stopping or slot.retiring:
+            return
+        now = time.monotonic()
+        ready_for = now - worker.ready_at if worker.ready_at is not None else None
+        delay = slot.record_exit(now, ready_for, worker.error or f"worker exited with code {code}")
+        log = logger.error if slot.crash_loop else logger.warning
+        log(
+            "slot %d: worker %d exited with code %s; restarting in %.2fs%s",
+            slot.index,
+            worker.pid,
+            code,
+            delay,
+            " (crash loop)" if slot.crash_loop else "",
+        )
+        self.steer(force=True)
+
+    async def _pump_stats(self, stats: StatsReceiver) -> None:
+        while True:
+            message = await stats.receive()
+            worker = self.workers.get(message.pid)
+            if worker is None:
+                self.unknown_reports += 1
+                continue
+            if isinstance(message, Ready):
+                worker.on_ready()
+                self.steer(force=True)
+            elif isinstance(message, Failed):
+                worker.on_failed(message.error)
+            else:
+                worker.on_report(message)
+                self.steer()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.reconcile()
+
+    def reconcile(self) -> None:
+        """Close the gap between what runs and what should: respawn empty slots, kill silent workers."""
+        if self.stopping:
+            return
+        now = time.monotonic()
+        for slot in self.slots[: self.target]:
+            if slot.worker is None and not slot.retiring and now >= slot.next_start_at:
+                self.spawn(slot)
+            worker = slot.worker
+            if (
+                worker is not None
+                and worker.state is WorkerState.READY
+                and worker.report_age() > self.config.heartbeat_timeout
+            ):
+                logger.error(
+                    "slot %d: worker %d sent no heartbeat for %.1fs (event loop blocked?): killing it",
+                    slot.index,
+                    worker.pid,
+                    worker.report_age(),
+                )
+                worker.error = f"no heartbeat for {worker.report_age():.1f}s"
+                worker.kill_tree()
+        self.steer()
+
+    # --- steering -----------------------------------------------------------------------------------------
+    def slot_loads(self) -> list[SlotLoad]:
+        assert self.listeners is not None
+        loads = []
+        for slot in self.slots:
+            worker = slot.worker
+            report = worker.last_report if worker else None
+            eligible = (
+                worker is not None
+                and worker.state is WorkerState.READY
+                and worker.report_age() < self.config.stall_after
+                and not slot.retiring
+            )
+            try:
+                queued, _ = accept_queue(self.listeners.sockets[slot.index])
+            except OSError:
+                queued = 0
+            loads.append(
+                SlotLoad(
+                    slot=slot.index,
+                    eligible=eligible,
+                    websocket=report.websocket if report else 0,
+                    http=report.http if report else 0,
+                    in_flight=report.in_flight if report else 0,
+                    accept_queue=queued,
+                )
+            )
+        return loads
+
+    def steer(self, *, force: bool = False) -> None:
+        if self.listeners is None or not self.slots or self.steering.mode != "least-conn":
+            return
+        self.steering.update(self.listeners.sockets, self.slot_loads(), force=force)
+
+    # --- control ------------------------------------------------------------------------------------------
+    async def handle_request(self, request: Request, progress: ProgressSink) -> JSONObject:
+        if request.cmd == "ping":
+            return {"pid": os.getpid()}
+        if request.cmd == "status":
+            return self.status()
+        if request.cmd == "stop":
+            pids = [os.getpid(), *self.workers]
+            asyncio.get_running_loop().call_soon(self.request_stop)
+            return {"stopping": True, "pids": pids, "graceful_timeout": self.config.graceful_timeout}
+        raise ConfigError(f"unknown control command {request.cmd!r}")
+
+    def status(self) -> dict[str, Any]:
+        return build_status(
+            info=self.info,
+            slots=self.slots,
+            retiring=self.retiring,
+            balance=self.steering.describe(),
+            ipc={
+                "malformed_stats": self._stats.malformed,
+                "malformed_control": self._control.malformed,
+                "unknown_reports": self.unknown_reports,
+                "dropped_reports": sum(w.last_report.dropped_reports for w in self.workers.values() if w.last_report),
+            },
+            started_at=self.started_at,
+        )

@@ -1,0 +1,193 @@
+"""The worker bootstrap: runs inside each worker process, serves the user's app with uvicorn on the slot's socket.
+
+Started by the supervisor as ``python -m supervisor.worker SPEC_JSON``: a fresh interpreter, so a reload picks up
+new code. SIGTERM drains for a stop (WebSockets closed with 1001), SIGUSR1 drains for a restart (1012); SIGINT is
+ignored because Ctrl-C reaches the whole foreground process group and the supervisor orchestrates the stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import uvicorn
+import uvloop
+from uvicorn.config import LOGGING_CONFIG
+
+from ipc.errors import AppLoadError
+from ipc.stats import Counts, StatsReporter
+from supervisor.app_loader import load_app
+from supervisor.drain import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, drain
+from supervisor.protocols import WsupHttpProtocol, WsupWebSocketProtocol
+from supervisor.worker_spec import WorkerSpec
+
+logger = logging.getLogger("wsup.worker")
+_PR_SET_PDEATHSIG = 1
+EXIT_STARTUP_FAILED = 3
+
+
+def die_with_supervisor(supervisor_pid: int) -> None:
+    """Ask the kernel to SIGKILL us when the supervisor dies, so no orphan ever keeps the port."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The supervisor may have died before prctl: then our parent is already someone else.
+    if os.getppid() != supervisor_pid:
+        os._exit(EXIT_STARTUP_FAILED)
+
+
+def logging_config(spec: WorkerSpec) -> dict[str, Any]:
+    config = copy.deepcopy(LOGGING_CONFIG)
+    prefix = f"%(asctime)s [worker {spec.slot} pid {os.getpid()}] %(levelprefix)s "
+    config["formatters"]["default"]["fmt"] = prefix + "%(message)s"
+    config["formatters"]["access"]["fmt"] = prefix + '%(client_addr)s - "%(request_line)s" %(status_code)s'
+    config["loggers"]["wsup"] = {"handlers": ["default"], "level": spec.log_level.upper(), "propagate": False}
+    return config
+
+
+class LastErrorHandler(logging.Handler):
+    """Remembers the cause of a lifespan failure from what uvicorn logs, for the one-line startup error."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.cause: str = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            self.cause = f"{type(exc).__name__}: {exc}"
+        elif not self.cause:
+            # Starlette reports the failure as a message holding the traceback: its last line names the error.
+            lines = [line for line in record.getMessage().splitlines() if line.strip()]
+            self.cause = lines[-1].strip() if lines else ""
+
+    @property
+    def last(self) -> str:
+        return self.cause
+
+
+class Worker:
+    """One worker process: the uvicorn server, its reporter, and the drain on a signal."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.close_code = CLOSE_GOING_AWAY
+        self.server: uvicorn.Server | None = None
+        self.reporter = StatsReporter(
+            spec.stats_endpoint,
+            pid=os.getpid(),
+            slot=spec.slot,
+            generation=spec.generation,
+            snapshot=self.counts,
+        )
+
+    def counts(self) -> Counts:
+        server = self.server
+        if server is None:
+            return Counts(0, 0, 0, 0, 0, False)
+        state = server.server_state
+        websocket = WsupWebSocketProtocol.live
+        return Counts(
+            http=len(state.connections) - websocket,
+            websocket=websocket,
+            # WebSocket sessions run as tasks too; what is left are HTTP requests in progress.
+            in_flight=max(0, len(state.tasks) - websocket),
+            requests=state.total_requests,
+            websocket_sessions=WsupWebSocketProtocol.opened,
+            draining=WsupHttpProtocol.draining,
+        )
+
+    def _on_signal(self, close_code: int) -> None:
+        self.close_code = close_code
+        if self.server is not None:
+            self.server.should_exit = True
+
+    async def serve(self, app: Any) -> None:
+        spec = self.spec
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_signal, CLOSE_GOING_AWAY)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_signal, CLOSE_SERVICE_RESTART)
+        config = uvicorn.Config(
+            app,
+            http=WsupHttpProtocol,
+            ws=WsupWebSocketProtocol,
+            lifespan="auto",
+            log_config=logging_config(spec),
+            log_level=spec.log_level,
+            access_log=spec.access_log,
+            timeout_keep_alive=int(spec.timeout_keep_alive),
+        )
+        config.load()
+        server = self.server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        errors = LastErrorHandler()
+        logging.getLogger("uvicorn.error").addHandler(errors)
+        listener = socket.socket(fileno=spec.fd)
+        try:
+            await server.startup(sockets=[listener])
+        except SystemExit:
+            raise AppLoadError(f"lifespan startup failed: {errors.last or 'see the worker log'}") from None
+        finally:
+            logging.getLogger("uvicorn.error").removeHandler(errors)
+        if server.should_exit:  # a stop arrived during startup
+            await server.lifespan.shutdown()
+            return
+        self.reporter.send_ready()
+        reporter_task = asyncio.create_task(self.reporter.run())
+        logger.info("serving %s (slot %d, generation %d)", spec.app, spec.slot, spec.generation)
+
+        await server.main_loop()
+        result = await drain(
+            server,
+            close_code=self.close_code,
+            ws_window_s=min(spec.ws_drain_window, spec.graceful_timeout / 2),
+            idle_grace_s=spec.idle_grace,
+            deadline_s=max(0.5, spec.graceful_timeout - 1.0),
+        )
+        logger.info(
+            "drained %d HTTP and %d WebSocket connections in %.2fs (%d forced)",
+            result.http_closed,
+            result.websocket_closed,
+            result.seconds,
+            result.forced,
+        )
+        await server.lifespan.shutdown()
+        # One last report, so the supervisor sees the final counts of this worker.
+        self.reporter.send_report(self.counts(), 0.0)
+        reporter_task.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    spec = WorkerSpec.from_json(args[0])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    die_with_supervisor(spec.supervisor_pid)
+    worker = Worker(spec)
+    exit_code = 0
+    try:
+        app = load_app(spec.app, factory=spec.factory, app_dir=spec.app_dir)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(worker.serve(app))
+    except AppLoadError as exc:
+        print(f"wsup worker {spec.slot}: {exc}", file=sys.stderr, flush=True)
+        worker.reporter.send_failed(str(exc))
+        exit_code = EXIT_STARTUP_FAILED
+    except Exception as exc:
+        logger.exception("worker %d crashed", spec.slot)
+        worker.reporter.send_failed(f"worker crashed: {type(exc).__name__}: {exc}")
+        exit_code = 1
+    finally:
+        worker.reporter.close()
+    sys.exit(exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""One worker process as the supervisor sees it: its state machine, its exit, its stderr, its health.
+
+The supervisor waits on a pidfd for the exit (no polling) and reads the worker's stderr through a pipe, echoing it
+to its own log and keeping the last lines, which become the error of a worker that failed to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from ipc.messages import Report
+from supervisor.worker_spec import WorkerSpec
+
+logger = logging.getLogger("wsup.supervisor")
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+STDERR_TAIL_LINES = 20
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.STARTING: frozenset({WorkerState.READY, WorkerState.DRAINING, WorkerState.STOPPED}),
+    WorkerState.READY: frozenset({WorkerState.DRAINING, WorkerState.STOPPED}),
+    WorkerState.DRAINING: frozenset({WorkerState.STOPPED}),
+    WorkerState.STOPPED: frozenset(),
+}
+
+
+class IllegalTransitionError(RuntimeError):
+    pass
+
+
+class WorkerStartError(Exception):
+    """A worker exited or reported failure before it was ready. ``str()`` is the worker's own error."""
+
+
+class WorkerProcess:
+    def __init__(self, spec: WorkerSpec, popen: subprocess.Popen[bytes]) -> None:
+        self.spec = spec
+        self.popen = popen
+        self.pid = popen.pid
+        self.state = WorkerState.STARTING
+        self.started_at = time.monotonic()
+        self.started_wall = time.time()
+        self.ready_at: float | None = None
+        self.last_report: Report | None = None
+        self.last_seen = self.started_at  # monotonic time of the last message from this worker
+        self.error: str | None = None
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.exited: asyncio.Future[int] = loop.create_future()
+        # A start failure nobody awaited (say, during a stop) is not an "exception never retrieved".
+        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            self.metrics: psutil.Process | None = psutil.Process(self.pid)
+            self.metrics.cpu_percent(None)  # prime: the first call always returns 0.0
+        except psutil.Error:
+            self.metrics = None
+        self._watch_exit(loop)
+        self._stderr_task = loop.create_task(self._pump_stderr())
+
+    @classmethod
+    def spawn(cls, spec: WorkerSpec) -> WorkerProcess:
+        env = dict(os.environ)
+        # Run from a checkout (bin/wsup) or an install alike: the worker must import our packages.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), _PACKAGE_ROOT) if p)
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.worker", spec.to_json()],
+            pass_fds=(spec.fd,),
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        return cls(spec, popen)
+
+    @property
+    def slot(self) -> int:
+        return self.spec.slot
+
+    @property
+    def generation(self) -> int:
+        return self.spec.generation
+
+    def transition(self, new: WorkerState) -> None:
+        if new is self.state:
+            return
+        if new not in _TRANSITIONS[self.state]:
+            raise IllegalTransitionError(f"worker {self.pid}: illegal transition {self.state.name} -> {new.name}")
+        self.state = new
+
+    # --- events -------------------------------------------------------------------------------------------
+    def on_ready(self) -> None:
+        if self.state is WorkerState.STARTING:
+            self.transition(WorkerState.READY)
+            self.ready_at = time.monotonic()
+        self.last_seen = time.monotonic()
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def on_failed(self, error: str) -> None:
+        self.error = error
+        if not self.ready.done():
+            self.ready.set_exception(WorkerStartError(error))
+
+    def on_report(self, report: Report) -> None:
+        self.last_report = report
+        self.last_seen = time.monotonic()
+
+    def _on_exit(self, returncode: int) -> None:
+        self.transition(WorkerState.STOPPED)
+        if not self.ready.done():
+            tail = " | ".join(self.stderr_tail) or "no output"
+            self.ready.set_exception(WorkerStartError(self.error or f"exited with code {returncode}: {tail}"))
+        if not self.exited.done():
+            self.exited.set_result(returncode)
+
+    # --- plumbing -----------------------------------------------------------------------------------------
+    def _watch_exit(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            # No pidfd (old kernel): a thread blocked in waitpid() is the portable fallback.
+            waiter = loop.run_in_executor(None, self.popen.wait)
+            waiter.add_done_callback(lambda f: self._on_exit(f.result()))
+            return
+
+        def readable() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._on_exit(self.popen.wait())
+
+        loop.add_reader(pidfd, readable)
+
+    async def _pump_stderr(self) -> None:
+        stream = self.popen.stderr
+        assert stream is not None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stream)
+        try:
+            while line := await reader.readline():
+                text = line.decode(errors="replace").rstrip()
+                self.stderr_tail.append(text)
+                sys.stderr.write(text + "\n")
+        except ValueError:  # a line longer than the limit: not worth crashing the pump for
+            pass
+        finally:
+            transport.close()
+
+    def send_signal(self, sig: int) -> None:
+        if self.exited.done():
+            return
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill_tree(self) -> None:
+        """SIGKILL the worker and anything it started: the last step of an escalation."""
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
+        for proc in children:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        self.send_signal(signal.SIGKILL)
+
+    async def stop(self, sig: int, graceful_timeout: float) -> int:
+        """Ask the worker to drain and exit; escalate to SIGKILL of its tree past ``graceful_timeout``."""
+        if self.state is not WorkerState.STOPPED:
+            self.transition(WorkerState.DRAINING)
+        self.send_signal(sig)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.exited), graceful_timeout)
+        except TimeoutError:
+            logger.warning(
+                "worker %d (slot %d) did not exit in %.1fs: killing it", self.pid, self.slot, graceful_timeout
+            )
+            self.kill_tree()
+            return await self.exited
+
+    async def wait_ready(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self.ready), timeout)
+        except TimeoutError:
+            tail = " | ".join(list(self.stderr_tail)[-3:])
+            raise WorkerStartError(f"not ready within {timeout:g}s" + (f": {tail}" if tail else "")) from None
+
+    def report_age(self) -> float:
+        return time.monotonic() - self.last_seen
