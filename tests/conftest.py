@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.wsup_harness import ROOT, Instance, free_port
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    # Short on purpose: a Unix socket path must fit in 107 bytes.
+    path = Path(tempfile.mkdtemp(prefix="wsup-t", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def wsup_env(run_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["WSUP_RUN_DIR"] = str(run_dir)
+    env.pop("XDG_RUNTIME_DIR", None)
+    return env
+
+
+@pytest.fixture
+def start_wsup(wsup_env: dict[str, str]) -> Iterator[Callable[..., Instance]]:
+    """Start ``wsup start APP`` in the foreground; every instance started is killed (with its workers) at teardown."""
+    started: list[Instance] = []
+
+    def start(
+        app: str = "app:asgi", *args: str, name: str = "t", port: int | None = None, cwd: Path = ROOT
+    ) -> Instance:
+        instance = Instance(wsup_env, port or free_port(), name, app, list(args), cwd)
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in started:
+        instance.kill_everything()

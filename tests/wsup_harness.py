@@ -1,0 +1,143 @@
+"""Test harness: start the real ``wsup`` CLI on a free port, talk to it, and always clean up what it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+WSUP = [sys.executable, str(ROOT / "bin" / "wsup")]
+APPS_DIR = Path(__file__).resolve().parent / "apps"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_until(predicate: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail the test with ``what`` past the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the condition may raise while the system is still getting there
+            last_error = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or predicate}; last error: {last_error}"
+            )
+        time.sleep(interval)
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60.0, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*WSUP, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd, stdin=subprocess.DEVNULL
+    )
+
+
+class Instance:
+    """One ``wsup start`` in the foreground, in its own session so that cleanup can kill everything it started."""
+
+    def __init__(self, env: dict[str, str], port: int, name: str, app: str, args: list[str], cwd: Path) -> None:
+        self.env, self.port, self.name, self.app = env, port, name, app
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+        self.log_path = Path(env["WSUP_RUN_DIR"]) / f"{name}.test.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [*WSUP, "start", app, "--port", str(port), "--name", name, "--no-access-log", *args],
+            env=env,
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._tracked: set[psutil.Process] = set()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, env=self.env, timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        result = self.cli("status", "--name", self.name, "--json")
+        assert result.returncode == 0, result.stderr
+        status: dict[str, Any] = orjson.loads(result.stdout)
+        self._track(status)
+        return status
+
+    def _track(self, status: dict[str, Any]) -> None:
+        for worker in status["workers"] + status.get("draining", []):
+            if worker.get("pid"):
+                try:
+                    self._tracked.add(psutil.Process(worker["pid"]))
+                except psutil.NoSuchProcess:
+                    pass
+
+    def wait_ready(self, workers: int, timeout: float = 30.0) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            assert self.proc.poll() is None, f"wsup exited with {self.proc.returncode}:\n{self.log()}"
+            status = self.status()
+            ok = status["totals"]["ready"] == workers and not status.get("draining")
+            return status if ok else None
+
+        return wait_until(ready, timeout, 0.1, f"{workers} ready workers")
+
+    def worker_pids(self) -> dict[int, int]:
+        """slot -> pid of the ready workers."""
+        return {w["slot"]: w["pid"] for w in self.status()["workers"] if w["state"] == "ready"}
+
+    def all_processes(self) -> list[psutil.Process]:
+        procs = set(self._tracked)
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs.add(root)
+            procs.update(root.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+        return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    def kill_everything(self) -> None:
+        procs = self.all_processes()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=10)
+        self._log.close()
