@@ -15,7 +15,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from ipc.errors import ProtocolError, RemoteError, SupervisorTimeoutError, WsupError
+from ipc.errors import ProtocolError, SupervisorTimeoutError, WsupError, error_from_kind
 from ipc.messages import JSONObject, Progress, Reply, Request, decode, encode
 
 logger = logging.getLogger("wsup.control")
@@ -111,4 +111,4 @@ def call(
             elif isinstance(message, Reply) and message.id in (request.id, ""):
                 if message.status == "ok":
                     return message.result
-                raise RemoteError(message.reason, message.kind)
+                raise error_from_kind(message.kind, message.reason)

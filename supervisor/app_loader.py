@@ -22,8 +22,8 @@ def validate_app_path(app: str) -> str:
 
 def _last_frame_summary(exc: BaseException) -> str:
     """The innermost frame of a traceback, so 'where' is in the one-line error."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
+    if not frames or isinstance(exc, SyntaxError):  # a SyntaxError names its file and line itself
         return ""
     last = frames[-1]
     return f" ({last.filename}:{last.lineno})"

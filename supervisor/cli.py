@@ -17,6 +17,7 @@ import orjson
 
 from ipc.errors import WsupError
 from supervisor import commands
+from supervisor.config import parse_instances
 
 logger = logging.getLogger("wsup")
 
@@ -76,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     stop = sub.add_parser("stop", help="stop gracefully (drain, then kill past --graceful-timeout)")
     _add_name(stop)
+
+    reload = sub.add_parser("reload", help="replace every worker, one slot at a time, with zero downtime")
+    _add_name(reload)
+    reload.add_argument("--batch", type=int, help="slots replaced at once (default: the instance's --reload-batch)")
+    reload.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    restart = sub.add_parser("restart", help="stop every worker and start new ones at once (not zero-downtime)")
+    _add_name(restart)
+
+    scale = sub.add_parser("scale", help="change the number of workers (adds slots, or drains the highest ones)")
+    scale.add_argument("workers", metavar="N", help="the new number of workers, or 'max'")
+    _add_name(scale)
     return parser
 
 
@@ -123,7 +136,51 @@ def _stop(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.update(status=_status, stop=_stop)
+def _print_progress(event: dict[str, Any]) -> None:
+    kind = event.get("event")
+    if kind == "replaced":
+        drained = event["drained"]
+        print(
+            f"slot {event['slot']}: {event['old_pid']} -> {event['new_pid']}, drained {drained['http']} HTTP"
+            f" + {drained['websocket']} WebSocket connections in {event['seconds']:.2f}s",
+            flush=True,
+        )
+    elif kind == "added":
+        print(f"slot {event['slot']}: added worker {event['pid']}" + (f" ({event['error']})" if event["error"] else ""))
+    elif kind == "removed":
+        drained = event["drained"]
+        print(
+            f"slot {event['slot']}: removed worker {event['pid']}, drained {drained['http']} HTTP"
+            f" + {drained['websocket']} WebSocket connections",
+            flush=True,
+        )
+
+
+def _reload(args: argparse.Namespace) -> int:
+    result = commands.rollout(
+        args.name, "reload", {"batch": args.batch}, None if args.json else _print_progress, args.timeout
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"wsup: reloaded {len(result['slots'])} workers in {result['seconds']:.2f}s")
+    return 0
+
+
+def _restart(args: argparse.Namespace) -> int:
+    result = commands.rollout(args.name, "restart", {}, _print_progress, args.timeout)
+    print(f"wsup: restarted {len(result['pids'])} workers in {result['seconds']:.2f}s")
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    count = parse_instances(args.workers)
+    result = commands.rollout(args.name, "scale", {"workers": count}, _print_progress, args.timeout)
+    print(f"wsup: scaled from {result['from']} to {result['to']} workers")
+    return 0
+
+
+COMMANDS.update(status=_status, stop=_stop, reload=_reload, restart=_restart, scale=_scale)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -86,6 +86,14 @@ def status(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, An
     return control.call(paths.control, "status", timeout=timeout)
 
 
+def rollout(
+    name: str | None, cmd: str, args: dict[str, Any], on_progress: control.ProgressSink | None, timeout: float
+) -> dict[str, Any]:
+    """Run a reload, restart or scale; the supervisor sends a heartbeat every second, so ``timeout`` bounds silence."""
+    paths = find_instance(name)
+    return control.call(paths.control, cmd, args, timeout=timeout, on_progress=on_progress)
+
+
 def stop(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> str:
     """Stop an instance and wait until the supervisor and every worker are gone (so the port is free)."""
     paths = find_instance(name)

@@ -19,12 +19,13 @@ import zmq.asyncio
 
 from ipc.control import ControlServer, ProgressSink
 from ipc.endpoints import InstanceLock, InstancePaths
-from ipc.errors import ConfigError, StartupError
+from ipc.errors import ConfigError, StartupError, WsupError
 from ipc.messages import Failed, JSONObject, Ready, Request
 from ipc.stats import StatsReceiver
 from supervisor.balancing import SlotLoad
 from supervisor.config import SupervisorConfig
 from supervisor.listeners import ListenerGroup, resolve
+from supervisor.rollout import Rollouts
 from supervisor.slots import Slot
 from supervisor.status import build_status
 from supervisor.steering import Steering
@@ -50,7 +51,9 @@ class Supervisor:
         self.steering = Steering(config.balance)
         self.listeners: ListenerGroup | None = None
         self.unknown_reports = 0
+        self.reload_floor: int | None = None  # during a reload: the first generation that counts as replaced
         self._stop_requested = asyncio.Event()
+        self.rollouts = Rollouts(self)
         self._tasks: list[asyncio.Task[Any]] = []
         self.info: dict[str, Any] = {"name": paths.name, "app": config.app}
 
@@ -98,10 +101,22 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
     def request_stop(self) -> None:
         self.stopping = True
         self._stop_requested.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP: the same rolling reload as `wsup reload`, with its progress in the log."""
+        logger.info("SIGHUP: reloading")
+        self._tasks.append(asyncio.create_task(self._reload_from_signal()))
+
+    async def _reload_from_signal(self) -> None:
+        try:
+            await self.rollouts.reload(lambda event: None)
+        except WsupError as exc:
+            logger.error("SIGHUP reload: %s", exc)
 
     async def _start_first_generation(self) -> None:
         for index in range(self.target):
@@ -246,12 +261,7 @@ class Supervisor:
         for slot in self.slots:
             worker = slot.worker
             report = worker.last_report if worker else None
-            eligible = (
-                worker is not None
-                and worker.state is WorkerState.READY
-                and worker.report_age() < self.config.stall_after
-                and not slot.retiring
-            )
+            eligible = self.takes_new_connections(slot)
             try:
                 queued, _ = accept_queue(self.listeners.sockets[slot.index])
             except OSError:
@@ -268,6 +278,26 @@ class Supervisor:
             )
         return loads
 
+    def takes_new_connections(self, slot: Slot) -> bool:
+        """Whether steering may send new connections to ``slot``'s worker (weight > 0)."""
+        worker = slot.worker
+        if worker is None or worker.state is not WorkerState.READY or slot.retiring:
+            return False
+        if worker.report_age() >= self.config.stall_after:
+            return False  # its event loop is silent: connections would wait in its accept queue
+        floor = self.reload_floor
+        # During a reload, only workers already replaced take new connections (once one is ready), so a client
+        # that reconnects is never sent to a worker that will be restarted next: one disconnect per reload.
+        return floor is None or worker.generation >= floor or not self.replaced_ready
+
+    @property
+    def replaced_ready(self) -> bool:
+        floor = self.reload_floor
+        return floor is not None and any(
+            s.worker is not None and s.worker.generation >= floor and s.worker.state is WorkerState.READY
+            for s in self.slots
+        )
+
     def steer(self, *, force: bool = False) -> None:
         if self.listeners is None or not self.slots or self.steering.mode != "least-conn":
             return
@@ -283,11 +313,21 @@ class Supervisor:
             pids = [os.getpid(), *self.workers]
             asyncio.get_running_loop().call_soon(self.request_stop)
             return {"stopping": True, "pids": pids, "graceful_timeout": self.config.graceful_timeout}
+        if request.cmd == "reload":
+            batch = request.args.get("batch")
+            return await self.rollouts.reload(progress, batch if isinstance(batch, int) else None)
+        if request.cmd == "scale":
+            count = request.args.get("workers")
+            if not isinstance(count, int):
+                raise ConfigError("scale needs a whole number of workers")
+            return await self.rollouts.scale(count, progress)
+        if request.cmd == "restart":
+            return await self.rollouts.restart(progress)
         raise ConfigError(f"unknown control command {request.cmd!r}")
 
     def status(self) -> dict[str, Any]:
         return build_status(
-            info=self.info,
+            info={**self.info, "operation": self.rollouts.running},
             slots=self.slots,
             retiring=self.retiring,
             balance=self.steering.describe(),
