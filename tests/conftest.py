@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +27,22 @@ def wsup_env(run_dir: Path) -> dict[str, str]:
     return env
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    item.stash.setdefault(_FAILED, False)
+    if report.failed:
+        item.stash[_FAILED] = True
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def start_wsup(wsup_env: dict[str, str]) -> Iterator[Callable[..., Instance]]:
+def start_wsup(wsup_env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[Callable[..., Instance]]:
     """Start ``wsup start APP`` in the foreground; every instance started is killed (with its workers) at teardown."""
     started: list[Instance] = []
 
@@ -42,3 +56,7 @@ def start_wsup(wsup_env: dict[str, str]) -> Iterator[Callable[..., Instance]]:
     yield start
     for instance in started:
         instance.kill_everything()
+        if request.node.stash.get(_FAILED, False):
+            # The supervisor's and workers' own account is what explains a failure in CI.
+            tail = "\n".join(instance.log().splitlines()[-80:])
+            print(f"--- last lines of wsup instance {instance.name!r} ---\n{tail}")
