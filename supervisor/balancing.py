@@ -3,6 +3,7 @@
 Weights are smooth (each eligible slot's deficit against its fair share, plus a floor), never "everything to
 the least-loaded worker": the program is only replaced every 100-250 ms, and every connection that arrives in
 between follows the same weights, so winner-takes-all would hand a whole burst to one process.
+``steering.LoadTracker`` sizes that smoothing to the measured churn and corrects the reports for their age.
 """
 
 from __future__ import annotations
@@ -11,29 +12,26 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# What one unit of each kind of load costs a worker, relative to a WebSocket.
-# A WebSocket is long-lived: it stays on its worker for minutes or hours and receives every broadcast on its
-# channels, so it is the load that placement cannot undo later.
+# What one unit of each kind of load costs, in connections. Every connection the kernel placed on a slot counts
+# the same whatever stage it is in (queued, HTTP, upgraded to a WebSocket): during a burst most new WebSockets
+# sit in the HTTP stage for a while (a trace of 400 at once caught one worker with 163 of them), and at a quarter
+# of the cost the busiest worker looked the least loaded and drew more of the burst. Equal costs also mean that
+# a connection moving from one stage to the next is not mistaken for an arrival and a departure.
 WEBSOCKET_COST = 1.0
-# An idle keep-alive HTTP connection costs a file descriptor and a timer; it closes at the keep-alive timeout
-# and the client's next connection is placed afresh, so a misplacement is short-lived.
-HTTP_COST = 0.25
-# A request in flight is work the worker's event loop is doing right now, on top of its connection.
-IN_FLIGHT_COST = 0.5
-# A connection in the accept queue is already committed to this slot (the kernel picked it) but not yet
-# counted by the worker, and a growing queue is the first sign of a worker that is not keeping up: count it
-# in full, like a WebSocket.
+HTTP_COST = 1.0
 ACCEPT_QUEUE_COST = 1.0
-# Connections (in load units) each eligible slot is expected to receive before the next update. The fair
-# share is computed as if they had already arrived, so the deficits a burst fills are spread over several
-# slots instead of pointing only at the single least-loaded one. Too small and the weights overshoot and
-# oscillate (2 per slot: batches of 25 over 4 slots end at max/min ~1.06-1.11); too large and an imbalance is
-# corrected slowly. A caller that measures its arrival rate can pass rate * interval / slots instead.
+# A request in flight is work on top of its connection. Kept small: WebSocket app tasks that outlive their
+# connection for a moment are reported as in flight too, and a transient must not starve a slot.
+IN_FLIGHT_COST = 0.25
+# Connections each eligible slot is expected to receive before the next update, at least. The fair share is
+# computed as if they had already arrived, which caps the gain of the feedback loop: with deficit weights, an
+# imbalance shrinks by a factor (1 - arrivals / lookahead) per update, so a lookahead below the real arrivals
+# overshoots, and one below half of them oscillates and grows (measured with a fixed lookahead of 4 and 400
+# clients in 0.1 s: max/min 1.8-42). LoadTracker raises it with the measured churn; this is the idle value.
 LOOKAHEAD = 4.0
 # The share of the total weight spread evenly over the eligible slots whatever their load: no eligible worker
-# ever starves, and counts that went stale (a worker that stopped reporting) cannot freeze the choice. The
-# floor is also a leak while one slot catches up: 4% (1% per slot with 4 workers) still sends 97% of the
-# clients that reconnect after a crash to the empty replacement, which then ends within ~4 of its fair share.
+# ever starves, and counts that went stale cannot freeze the choice. 4% (1% per slot with 4 workers) still
+# sends ~97% of the clients that reconnect after a crash to the empty replacement.
 FLOOR_FRACTION = 0.04
 TOTAL_WEIGHT = 10_000
 MAX_TOTAL_WEIGHT = 2**31  # the BPF program computes `random % total` with a u32 constant
@@ -45,12 +43,28 @@ class SlotLoad:
 
     slot: int
     # False for slots that are starting, draining, crashed, stalled or (during a reload) not yet replaced; the
-    # caller decides, the policy only honours it.
+    # caller decides, the policy only honours it (steering adds a quicker stall check from report_age).
     eligible: bool
     websocket: int  # live WebSocket connections
     http: int  # live HTTP keep-alive connections
     in_flight: int  # HTTP requests in progress
     accept_queue: int = 0  # connections waiting in the slot's accept queue (tcp_info.accept_queue)
+    report_age: float = 0.0  # seconds since the worker's last report (0 if unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class Costs:
+    websocket: float = WEBSOCKET_COST
+    http: float = HTTP_COST
+    in_flight: float = IN_FLIGHT_COST
+    accept_queue: float = ACCEPT_QUEUE_COST
+
+    def reported(self, load: SlotLoad) -> float:
+        """The load the worker's own report shows (without the kernel's accept queue)."""
+        return load.websocket * self.websocket + load.http * self.http + load.in_flight * self.in_flight
+
+    def total(self, load: SlotLoad) -> float:
+        return self.reported(load) + load.accept_queue * self.accept_queue
 
 
 def compute_weights(
@@ -71,30 +85,32 @@ def compute_weights(
     Equal loads get equal weights (to within the 1 unit that integer rounding needs), and more load never gets
     more weight.
     """
-    ordered = _validated(loads)
-    _check_knobs(
-        total_weight,
-        (websocket_cost, http_cost, in_flight_cost, accept_queue_cost),
-        lookahead,
-        floor_fraction,
-    )
-    eligible = [load for load in ordered if load.eligible]
-    weights = [0] * len(ordered)
+    ordered = validated(loads)
+    costs = Costs(websocket_cost, http_cost, in_flight_cost, accept_queue_cost)
+    if any(not cost >= 0 for cost in (websocket_cost, http_cost, in_flight_cost, accept_queue_cost)):
+        raise ValueError(f"load costs must be >= 0, got {[websocket_cost, http_cost, in_flight_cost]}")
+    estimates = [costs.total(load) if load.eligible else None for load in ordered]
+    return weights_for(estimates, lookahead=lookahead, floor_fraction=floor_fraction, total_weight=total_weight)
+
+
+def weights_for(
+    estimates: Sequence[float | None],
+    *,
+    lookahead: float = LOOKAHEAD,
+    floor_fraction: float = FLOOR_FRACTION,
+    total_weight: int = TOTAL_WEIGHT,
+) -> list[int]:
+    """Weights from each slot's estimated load (``None``: not eligible), as ``compute_weights`` describes."""
+    _check_knobs(total_weight, lookahead, floor_fraction)
+    eligible = [(slot, cost) for slot, cost in enumerate(estimates) if cost is not None]
+    weights = [0] * len(estimates)
     if not eligible:
         return weights
     if total_weight < len(eligible):
         raise ValueError(f"total_weight {total_weight} is too small for {len(eligible)} eligible slots")
-
-    costs = [
-        load.websocket * websocket_cost
-        + load.http * http_cost
-        + load.in_flight * in_flight_cost
-        + load.accept_queue * accept_queue_cost
-        for load in eligible
-    ]
+    costs = [cost for _, cost in eligible]
     # The fair share counts the connections expected before the next update as if they had arrived; the
-    # deficits then add up to at least that allowance and spread a burst over every slot that is below the
-    # fair share.
+    # deficits then add up to at least that allowance and spread a burst over every slot below the fair share.
     fair_share = (sum(costs) + lookahead * len(eligible)) / len(eligible)
     deficits = [max(fair_share - cost, 0.0) for cost in costs]
     if sum(deficits) <= 1e-9:
@@ -104,8 +120,8 @@ def compute_weights(
     if floor_fraction > 0:
         floor_units = max(floor_units, 1)  # a floor that rounds to 0 would starve a slot on small totals
     shared = _apportion(total_weight - floor_units * len(eligible), deficits)
-    for load, share in zip(eligible, shared, strict=True):
-        weights[load.slot] = floor_units + share
+    for (slot, _), share in zip(eligible, shared, strict=True):
+        weights[slot] = floor_units + share
     return weights
 
 
@@ -136,23 +152,22 @@ def _apportion(units: int, shares: Sequence[float]) -> list[int]:
     return parts
 
 
-def _validated(loads: Sequence[SlotLoad]) -> list[SlotLoad]:
+def validated(loads: Sequence[SlotLoad]) -> list[SlotLoad]:
+    """``loads`` in slot order; raises ``ValueError`` unless they cover slots 0..n-1 once each, non-negative."""
     ordered = sorted(loads, key=lambda load: load.slot)
     slots = [load.slot for load in ordered]
     if slots != list(range(len(ordered))):
         raise ValueError(f"loads must cover slots 0..{len(ordered) - 1} once each, got slots {slots}")
     for load in ordered:
-        if min(load.websocket, load.http, load.in_flight, load.accept_queue) < 0:
-            raise ValueError(f"slot {load.slot} has a negative count: {load}")
+        if min(load.websocket, load.http, load.in_flight, load.accept_queue) < 0 or not load.report_age >= 0:
+            raise ValueError(f"slot {load.slot} has a negative count or age: {load}")
     return ordered
 
 
-def _check_knobs(total_weight: int, costs: Sequence[float], lookahead: float, floor_fraction: float) -> None:
+def _check_knobs(total_weight: int, lookahead: float, floor_fraction: float) -> None:
     if not 1 <= total_weight <= MAX_TOTAL_WEIGHT:
         raise ValueError(f"total_weight must be in 1..2**31, got {total_weight}")
-    if any(not cost >= 0 for cost in costs):  # `not >=` also rejects NaN
-        raise ValueError(f"load costs must be >= 0, got {list(costs)}")
-    if not lookahead >= 0:
+    if not lookahead >= 0:  # `not >=` also rejects NaN
         raise ValueError(f"lookahead must be >= 0, got {lookahead}")
     if not 0 <= floor_fraction <= 1:
         raise ValueError(f"floor_fraction must be in [0, 1], got {floor_fraction}")

@@ -1,4 +1,4 @@
-"""The steering policy: weights from loads, and how connections settle when they follow those weights."""
+"""The steering policy: weights from loads, how connections settle following them, and the report tracker."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from supervisor.balancing import FLOOR_FRACTION, SlotLoad, compute_weights, spread
+from supervisor import load_tracker, steering
+from supervisor.balancing import FLOOR_FRACTION, LOOKAHEAD, SlotLoad, compute_weights, spread, weights_for
 from supervisor.bpf import build_weighted_program, evaluate_program
+from supervisor.load_tracker import LoadTracker, Plan
 
 
 def websockets(*counts: int, ineligible: Sequence[int] = ()) -> list[SlotLoad]:
@@ -88,11 +90,14 @@ def test_more_load_never_gets_more_weight() -> None:
         assert compute_weights(websockets(*heavier))[slot] <= weights[slot]
 
 
-def test_load_kinds_weigh_differently() -> None:
-    http_only = SlotLoad(0, True, websocket=0, http=8, in_flight=0)
-    websocket_only = SlotLoad(1, True, websocket=8, http=0, in_flight=0)
-    weights = compute_weights([http_only, websocket_only])
-    assert weights[0] > weights[1]
+def test_every_connection_counts_the_same() -> None:
+    # Queued, HTTP or upgraded: a WebSocket in the middle of its handshake must not make its worker look idle.
+    loads = [
+        SlotLoad(0, True, websocket=0, http=8, in_flight=0),
+        SlotLoad(1, True, websocket=8, http=0, in_flight=0),
+        SlotLoad(2, True, websocket=0, http=0, in_flight=0, accept_queue=8),
+    ]
+    assert compute_weights(loads) == [3334, 3333, 3333]
 
 
 def test_accept_queue_and_in_flight_count_as_load() -> None:
@@ -116,6 +121,7 @@ def test_loads_may_come_in_any_order() -> None:
         ([SlotLoad(0, True, 1, 0, 0), SlotLoad(0, True, 1, 0, 0)], "once each"),
         ([SlotLoad(1, True, 1, 0, 0)], "once each"),
         ([SlotLoad(0, True, -1, 0, 0)], "negative"),
+        ([SlotLoad(0, True, 1, 0, 0, report_age=math.nan)], "negative"),
     ],
 )
 def test_bad_loads_are_rejected(loads: list[SlotLoad], message: str) -> None:
@@ -134,6 +140,14 @@ def test_bad_knobs_are_rejected() -> None:
         compute_weights(websockets(1), lookahead=math.nan)
     with pytest.raises(ValueError, match="costs"):
         compute_weights(websockets(1), http_cost=-1)
+
+
+def test_weights_for_estimates() -> None:
+    # None: not eligible. Fractional estimates (predicted arrivals) are fine.
+    assert weights_for([None, 2.5, 2.5]) == [0, 5000, 5000]
+    assert weights_for([None, None]) == [0, 0]
+    weights = weights_for([0.0, 30.0, 30.0], lookahead=10)
+    assert weights[0] > weights[1] == weights[2]
 
 
 def test_spread() -> None:
@@ -197,3 +211,142 @@ def test_replacement_after_a_crash_catches_up() -> None:
         counts = [100, 100, 100, 0]
         arrive(counts, 100, 10, random.Random(seed), stratified=False)
         assert counts[3] >= 90, (seed, counts)
+
+
+# --- LoadTracker: weights from reports that arrive at different times --------------------------------------------
+def report(
+    tracker: LoadTracker, now: float, counts: Sequence[int], ages: Sequence[float], queues: Sequence[int] = ()
+) -> Plan:
+    """Feed one snapshot of the slots to ``tracker`` and return its plan."""
+    loads = [
+        SlotLoad(slot, True, count, 0, 0, queues[slot] if queues else 0, age)
+        for slot, (count, age) in enumerate(zip(counts, ages, strict=True))
+    ]
+    tracker.observe(now, loads)
+    return tracker.plan(now, loads)
+
+
+def calm(tracker: LoadTracker, counts: Sequence[int], until: float, start: float = 0.0) -> None:
+    """Every slot reports ``counts`` every 50 ms, at staggered instants, from ``start`` to ``until``."""
+    now = start
+    while now < until:
+        for slot in range(len(counts)):
+            ages = [((slot - other) % len(counts)) * 0.0125 for other in range(len(counts))]
+            plan = report(tracker, now + slot * 0.0125, counts, ages)
+            tracker.attached(now + slot * 0.0125, plan.weights)
+        now += 0.05
+
+
+def test_tracker_gives_equal_loads_equal_weights() -> None:
+    tracker = LoadTracker()
+    calm(tracker, [40, 40, 40, 40], until=1.0)
+    plan = report(tracker, 1.0, [40, 40, 40, 40], [0.01, 0.02, 0.03, 0.04])
+    assert max(plan.weights) - min(plan.weights) <= 1
+    assert plan.stalled == [] and plan.lookahead == LOOKAHEAD
+
+
+def test_replacement_worker_gets_most_of_the_weight() -> None:
+    tracker = LoadTracker()
+    calm(tracker, [100, 100, 100, 0], until=1.0)
+    plan = report(tracker, 1.0, [100, 100, 100, 0], [0.01, 0.02, 0.03, 0.04])
+    assert plan.weights[3] >= 0.9 * sum(plan.weights)
+
+
+def test_a_fresh_report_in_a_burst_does_not_starve_its_slot() -> None:
+    # A burst has begun: slot 1 just reported 30 new connections, the others have not reported since it began.
+    # Compared as they stand, slot 1 would look 30 connections busier and lose most of the rest of the burst.
+    tracker = LoadTracker()
+    calm(tracker, [0, 0, 0, 0], until=1.0)
+    plan = report(tracker, 1.0, [0, 30, 0, 0], [0.035, 0.0, 0.045, 0.04])
+    assert min(plan.weights) >= 0.8 * max(plan.weights), plan
+    assert plan.arrivals_per_s > 1000 and plan.lookahead > 100
+
+
+def test_a_mass_disconnect_in_progress_keeps_weights_mild() -> None:
+    # Slot 3 has processed its clients' closes, the others not yet: soon they will all be near 0.
+    tracker = LoadTracker()
+    calm(tracker, [100, 100, 100, 100], until=1.0)
+    plan = report(tracker, 1.0, [100, 100, 100, 10], [0.03, 0.04, 0.045, 0.0])
+    assert max(plan.weights) <= 0.3 * sum(plan.weights), plan
+    plan = report(tracker, 1.05, [100, 100, 100, 10], [0.0, 0.01, 0.02, 0.005])
+    assert max(plan.weights) <= 0.35 * sum(plan.weights), plan
+
+
+def test_rates_fade_after_a_burst() -> None:
+    tracker = LoadTracker()
+    calm(tracker, [0, 0, 0, 0], until=1.0)
+    burst = report(tracker, 1.0, [0, 30, 0, 0], [0.035, 0.0, 0.045, 0.04])
+    calm(tracker, [30, 30, 30, 30], until=4.0, start=1.05)
+    later = report(tracker, 4.0, [30, 30, 30, 30], [0.01, 0.02, 0.03, 0.04])
+    assert later.churn_per_s < burst.churn_per_s / 100 and later.lookahead == LOOKAHEAD
+
+
+def test_arrivals_are_predicted_from_the_program_in_force() -> None:
+    tracker = LoadTracker()
+    calm(tracker, [0, 0, 0, 0], until=1.0)
+    report(tracker, 1.0, [0, 40, 0, 0], [0.049, 0.0, 0.049, 0.049])  # a burst: ~3,000 connections/s
+    tracker.attached(1.0, [10_000, 0, 0, 0])  # everything to slot 0 since
+    plan = report(tracker, 1.04, [0, 40, 0, 0], [0.089, 0.04, 0.089, 0.089])
+    estimates = [estimate or 0.0 for estimate in plan.estimates]
+    assert estimates[0] > estimates[2] + 20 and estimates[2] == estimates[3]
+
+
+def test_a_silent_worker_with_waiting_connections_is_left_out() -> None:
+    tracker = LoadTracker()
+    calm(tracker, [10, 10, 10, 10], until=1.0)
+    plan = report(tracker, 1.0, [10, 10, 10, 10], [0.3, 0.02, 0.05, 0.08], queues=[3, 0, 0, 0])
+    assert plan.stalled == [0] and plan.weights[0] == 0 and min(plan.weights[1:]) > 0
+    # Nobody waits on it: not yet (a busy loop that accepts nothing harms nobody)...
+    assert report(tracker, 1.0, [10, 10, 10, 10], [0.3, 0.02, 0.05, 0.08]).stalled == []
+    # ...but silent for over a second, it is left out anyway.
+    assert report(tracker, 1.0, [10, 10, 10, 10], [1.2, 0.02, 0.05, 0.08]).stalled == [0]
+
+
+def test_workers_that_are_all_behind_are_busy_not_stalled() -> None:
+    # A burst on busy cores: every worker reports late. None of them is singled out.
+    tracker = LoadTracker()
+    ages = [0.5, 0.4, 0.45, 0.38]
+    assert tracker.stalled(0.0, [SlotLoad(slot, True, 90, 10, 0, 5, age) for slot, age in enumerate(ages)]) == []
+    # A worker the supervisor already left out (silent for too long) still counts as a peer.
+    loads = [
+        SlotLoad(0, True, 90, 10, 0, 5, 0.3),
+        SlotLoad(1, False, 90, 0, 0, 0, 0.6),
+        SlotLoad(2, True, 9, 0, 0, 0, 0.0),
+    ]
+    assert tracker.stalled(0.0, loads) == []
+
+
+def test_a_resized_group_starts_over() -> None:
+    tracker = LoadTracker()
+    calm(tracker, [10, 10, 10, 10], until=0.5)
+    plan = report(tracker, 0.5, [10, 10, 10], [0.0, 0.0, 0.0])
+    assert len(plan.weights) == 3 and max(plan.weights) - min(plan.weights) <= 1
+
+
+def test_a_worker_that_just_took_a_burst_may_lag_more() -> None:
+    # Handshaking 100 new connections keeps a loop busy for a while: 0.3 s late then is load, not a stall.
+    late = [SlotLoad(0, True, 0, 100, 0, 6, 0.35), *(SlotLoad(slot, True, 0, 100, 0, 0, 0.05) for slot in (1, 2, 3))]
+    tracker = LoadTracker()
+    calm(tracker, [100, 100, 100, 100], until=1.0)
+    assert tracker.stalled(1.0, late) == [0]  # it has held its 100 for a while
+    tracker = LoadTracker()
+    calm(tracker, [0, 0, 0, 0], until=0.7)
+    calm(tracker, [100, 100, 100, 100], until=1.0, start=0.7)
+    assert tracker.stalled(1.0, late) == []
+
+
+def test_a_drop_counts_once_it_has_lasted() -> None:
+    # One worker's clients all left: while the others may still be reporting their own closes, it is not
+    # refilled at once; once the drop has lasted, it is.
+    tracker = LoadTracker()
+    calm(tracker, [100, 100, 100, 100], until=1.0)
+    calm(tracker, [100, 100, 100, 0], until=1.1, start=1.0)
+    first = report(tracker, 1.1, [100, 100, 100, 0], [0.01, 0.02, 0.03, 0.04])
+    assert max(first.weights) <= 0.3 * sum(first.weights), first
+    calm(tracker, [100, 100, 100, 0], until=2.0, start=1.1)
+    later = report(tracker, 2.0, [100, 100, 100, 0], [0.01, 0.02, 0.03, 0.04])
+    assert later.weights[3] >= 0.9 * sum(later.weights), later
+
+
+def test_the_tracker_plans_for_the_steering_interval() -> None:
+    assert load_tracker.HORIZON_S == steering.MIN_INTERVAL_S

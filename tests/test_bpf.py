@@ -1,4 +1,4 @@
-"""The steering program: its shape, the slot it picks for a random number, and a real reuseport group."""
+"""The steering program: its shape, the slot it picks for a random number, a real reuseport group, and Steering."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from ipc.errors import WsupError
+from supervisor.balancing import SlotLoad
 from supervisor.bpf import (
     BPF_MAXINSNS,
     HASH_FALLBACK,
@@ -27,6 +28,7 @@ from supervisor.bpf import (
     evaluate_program,
     pack_program,
 )
+from supervisor.steering import Steering
 from supervisor.tcp_info import accept_queue
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="steering is Linux-only")
@@ -227,3 +229,52 @@ def test_accept_queue_counts_unaccepted_connections() -> None:
                 assert accept_queue(listener) == (2, 8)
                 with pytest.raises(ValueError, match="not listening"):
                     accept_queue(conn)
+
+
+# --- Steering: the program kept current on a real group ----------------------------------------------------------
+def loads_of(counts: list[int], ineligible: tuple[int, ...] = ()) -> list[SlotLoad]:
+    return [SlotLoad(slot, slot not in ineligible, count, 0, 0) for slot, count in enumerate(counts)]
+
+
+@linux_only
+def test_steering_attaches_only_when_the_weights_change() -> None:
+    with reuseport_group(4) as group:
+        steering = Steering("least-conn", min_interval=0.0)
+        steering.update(group, loads_of([0, 0, 0, 0]))
+        assert steering.attaches == 1 and steering.weights == [2500] * 4
+        steering.update(group, loads_of([0, 0, 0, 0]))
+        assert steering.attaches == 1  # same weights: the program in place is kept
+        steering.update(group, loads_of([0, 0, 0, 0], ineligible=(2,)))
+        assert steering.attaches == 2 and steering.weights[2] == 0
+        assert connect_and_count(group, 30)[2] == 0
+        described = steering.describe()
+        assert described["mode"] == "least-conn" and described["updates"] == 2
+        assert described["mean_attach_us"] > 0 and described["stalled"] == []
+
+
+@linux_only
+def test_steering_leaves_out_a_slot_at_once_between_intervals() -> None:
+    with reuseport_group(3) as group:
+        steering = Steering("least-conn", min_interval=3600.0)
+        steering.update(group, loads_of([5, 5, 5]), force=True)
+        steering.update(group, loads_of([50, 5, 5]))
+        assert steering.attaches == 1  # a change of load waits for the interval...
+        steering.update(group, loads_of([5, 5, 5], ineligible=(0,)))
+        assert steering.attaches == 2 and steering.weights[0] == 0  # ...one of eligibility does not
+
+
+@linux_only
+def test_steering_falls_back_to_the_hash_when_the_kernel_refuses() -> None:
+    with socket.socket() as plain:
+        plain.bind(("127.0.0.1", 0))
+        plain.listen()  # no SO_REUSEPORT: no group to attach to
+        steering = Steering("least-conn")
+        steering.update([plain], loads_of([0]))
+        assert steering.mode == "hash" and steering.reason and "EINVAL" in steering.reason
+        assert steering.describe()["weights"] == []
+
+
+def test_hash_mode_never_attaches() -> None:
+    steering = Steering("hash")
+    steering.update([], loads_of([0, 0]))
+    assert steering.attaches == 0 and steering.describe()["mode"] == "hash"
