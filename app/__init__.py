@@ -1,4 +1,9 @@
-"""The wsup demo app (``app:asgi``): a page that names the worker that served it, and a WebSocket at ``/ws``."""
+"""The wsup demo app (``app:asgi``): a chat across workers.
+
+The page names the worker that served it. Its WebSocket (``/ws``) may land on any worker; a line typed in one
+browser is published on wsup's broadcast bus and appears in every browser, tagged with the worker it came from and
+the worker that delivered it. Run it with ``wsup start app:asgi -i 4`` and open http://127.0.0.1:8000 in a few tabs.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,46 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
+
+from ipc import broadcast
+
+CHANNEL = "chat"
+MAX_LINE = 500  # characters: a demo, not a file transfer
 
 PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>wsup demo</title>
-<style>body{font:15px system-ui;margin:2em;max-width:40em}#log{border:1px solid #ccc;padding:.5em;height:20em;
-overflow:auto;font-family:monospace}</style></head>
-<body><h1>wsup demo</h1><p>This page was served by worker pid <b>%(pid)s</b>.</p>
-<p>WebSocket: <span id="state">connecting…</span></p><div id="log"></div>
-<form id="f"><input id="msg" size="40" autocomplete="off" placeholder="say something"><button>send</button></form>
+<html><head><meta charset="utf-8"><title>wsup chat</title>
+<style>body{font:15px system-ui;margin:2em;max-width:44em}#log{border:1px solid #ccc;padding:.5em;height:22em;
+overflow:auto;font-family:monospace;white-space:pre-wrap}.via{color:#888}</style></head>
+<body><h1>wsup chat</h1>
+<p>This page was served by worker <b>%(pid)s</b>. Your WebSocket: <span id="state">connecting…</span></p>
+<div id="log"></div>
+<form id="f"><input id="msg" size="50" maxlength="500" autocomplete="off" placeholder="say something">
+<button>send</button></form>
 <script>
-const log = (t) => { const d = document.getElementById('log'); d.textContent += t + '\\n'; d.scrollTop = 1e9; };
-let ws;
+let ws, worker = '?';
+const state = (t) => document.getElementById('state').textContent = t;
+function show(text, tag) {
+  const log = document.getElementById('log'), line = document.createElement('div');
+  if (tag) { const s = document.createElement('span'); s.className = 'via'; s.textContent = tag + ' '; line.append(s); }
+  line.append(text); log.append(line); log.scrollTop = 1e9;
+}
 function connect() {
   ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
-  ws.onopen = () => document.getElementById('state').textContent = 'connected';
-  ws.onmessage = (e) => log(e.data);
-  ws.onclose = (e) => { document.getElementById('state').textContent = 'closed (' + e.code + '), reconnecting';
-                        setTimeout(connect, 500 + Math.random() * 1000); };
+  ws.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    if (m.type === 'hello') { worker = m.pid; state('on worker ' + worker); }
+    else if (m.type === 'chat') show(m.text, '[from worker ' + m.from + ', via worker ' + worker + ']');
+  };
+  ws.onclose = (e) => {
+    state('closed (' + e.code + '), reconnecting…'); setTimeout(connect, 500 + Math.random() * 1000);
+  };
 }
 connect();
-document.getElementById('f').onsubmit = (e) => { e.preventDefault(); const m = document.getElementById('msg');
-  if (m.value) { ws.send(m.value); m.value = ''; } };
+document.getElementById('f').onsubmit = (e) => {
+  e.preventDefault(); const m = document.getElementById('msg');
+  if (m.value && ws.readyState === WebSocket.OPEN) { ws.send(m.value); m.value = ''; }
+};
 </script></body></html>
 """
 
@@ -47,15 +70,13 @@ async def hello(request: Request) -> PlainTextResponse:
     return PlainTextResponse("hello")
 
 
-async def websocket_echo(websocket: WebSocket) -> None:
+async def chat(websocket: WebSocket) -> None:
     await websocket.accept()
-    await websocket.send_json({"type": "hello", "pid": os.getpid()})
-    try:
-        while True:
-            text = await websocket.receive_text()
-            await websocket.send_json({"type": "echo", "pid": os.getpid(), "text": text})
-    except WebSocketDisconnect:
-        pass
+    await websocket.send_json({"type": "hello", "pid": os.getpid()})  # first message: which worker holds us
+    # Every "chat" message, published by any worker, is sent to this WebSocket until it closes.
+    async with broadcast.join(websocket, CHANNEL):
+        async for text in websocket.iter_text():  # ends when the client goes away
+            await broadcast.publish(CHANNEL, {"type": "chat", "from": os.getpid(), "text": text[:MAX_LINE]})
 
 
 asgi = Starlette(
@@ -63,6 +84,6 @@ asgi = Starlette(
         Route("/", homepage),
         Route("/health", health),
         Route("/hello", hello),
-        WebSocketRoute("/ws", websocket_echo),
+        WebSocketRoute("/ws", chat),
     ]
 )

@@ -75,3 +75,17 @@ def error_from_kind(kind: str, reason: str) -> WsupError:
     if isinstance(cls, type) and issubclass(cls, WsupError) and cls is not RemoteError:
         return cls(reason)
     return RemoteError(reason, kind)
+
+
+class BusError(WsupError):
+    """The broadcast bus refused a request: a bad channel name, an unpublishable message, no bus to confirm."""
+
+
+class MessageTooLargeError(BusError):
+    """A published message is larger than the bus's configured maximum (``--bus-max-bytes``)."""
+
+    exit_code = 2
+
+
+class SlowConsumerError(BusError):
+    """An in-process subscriber fell behind its backlog under the ``disconnect`` policy and was unsubscribed."""

@@ -69,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="spread WebSocket closes of a draining worker over this window (s)",
     )
     start.add_argument("--reload-batch", type=int, default=1, help="slots replaced at once by a reload")
+    start.add_argument("--bus-queue", type=int, default=256, help="broadcast backlog per subscriber (messages)")
+    start.add_argument(
+        "--bus-policy", default="drop-oldest", help="full backlog: drop-oldest, or disconnect (close code 1013)"
+    )
+    start.add_argument("--bus-max-bytes", type=int, default=1 << 20, help="largest broadcast message (bytes)")
+    start.add_argument(
+        "--bus-coalesce-ms",
+        type=float,
+        default=5.0,
+        help="under load, send each client the broadcasts of this window in one write (0: never; default 5)",
+    )
     start.add_argument("--notify-fd", type=int, help=argparse.SUPPRESS)
 
     status = sub.add_parser("status", help="show workers and their live connections")
@@ -89,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     scale = sub.add_parser("scale", help="change the number of workers (adds slots, or drains the highest ones)")
     scale.add_argument("workers", metavar="N", help="the new number of workers, or 'max'")
     _add_name(scale)
+
+    publish = sub.add_parser("publish", help="publish a message to a broadcast channel of a running instance")
+    publish.add_argument("channel", metavar="CHANNEL", help="the channel name")
+    publish.add_argument("message", metavar="MESSAGE", help="the message, as text ('-' reads it from stdin)")
+    publish.add_argument("--json", action="store_true", help="MESSAGE is JSON: check it and send it as JSON text")
+    _add_name(publish)
     return parser
 
 
@@ -180,7 +197,14 @@ def _scale(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.update(status=_status, stop=_stop, reload=_reload, restart=_restart, scale=_scale)
+def _publish(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.message == "-" else args.message
+    result = commands.publish(args.name, args.channel, text, as_json=args.json, timeout=args.timeout)
+    print(f"wsup: published {result['bytes']} bytes to {result['channel']!r}")
+    return 0
+
+
+COMMANDS.update(status=_status, stop=_stop, reload=_reload, restart=_restart, scale=_scale, publish=_publish)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

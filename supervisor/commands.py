@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psutil
 
 from ipc import control
+from ipc.bus_remote import publish_to_instance
 from ipc.endpoints import (
     find_instance,
     instance_paths,
@@ -17,7 +19,7 @@ from ipc.endpoints import (
     running_instances,
     runtime_root,
 )
-from ipc.errors import AmbiguousInstanceError, SupervisorTimeoutError, WsupError
+from ipc.errors import AmbiguousInstanceError, ConfigError, SupervisorTimeoutError, WsupError
 from supervisor.config import SupervisorConfig, parse_instances
 from supervisor.daemon import notify, start_detached
 from supervisor.status_view import render_instances, render_status
@@ -45,6 +47,10 @@ def config_from_args(args: argparse.Namespace) -> SupervisorConfig:
         heartbeat_timeout=args.heartbeat_timeout,
         ws_drain_window=args.ws_drain_window,
         reload_batch=args.reload_batch,
+        bus_queue=args.bus_queue,
+        bus_policy=args.bus_policy,
+        bus_max_bytes=args.bus_max_bytes,
+        bus_coalesce_ms=args.bus_coalesce_ms,
     )
 
 
@@ -92,6 +98,18 @@ def rollout(
     """Run a reload, restart or scale; the supervisor sends a heartbeat every second, so ``timeout`` bounds silence."""
     paths = find_instance(name)
     return control.call(paths.control, cmd, args, timeout=timeout, on_progress=on_progress)
+
+
+def publish(
+    name: str | None, channel: str, text: str, *, as_json: bool = False, timeout: float = CONTROL_TIMEOUT_S
+) -> dict[str, Any]:
+    """``wsup publish``: ``text`` as is, or parsed as JSON first (so a typo is refused, not broadcast)."""
+    if as_json:
+        try:
+            text = orjson.dumps(orjson.loads(text)).decode()
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"--json: MESSAGE is not valid JSON: {exc}") from None
+    return publish_to_instance(channel, text, name=name, timeout=timeout)
 
 
 def stop(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> str:

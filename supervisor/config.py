@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ipc.bus_queue import Policy, validate_limit
+from ipc.bus_wire import DEFAULT_MAX_BYTES
 from ipc.errors import ConfigError
 from supervisor.app_loader import validate_app_path
 
 BALANCE_MODES = ("least-conn", "hash")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+MAX_BUS_MAX_BYTES = 64 << 20  # one message is copied once per worker; beyond this, send a link to the data
 MAX_WORKERS = 128  # the steering program addresses slots with 8-bit jumps; far beyond any one host's need
 
 
@@ -46,6 +49,10 @@ class SupervisorConfig:
     ws_drain_window: float = 2.0
     backlog: int = 2048
     reload_batch: int = 1
+    bus_queue: int = 256  # per-subscriber backlog of the broadcast bus, in messages
+    bus_policy: str = "drop-oldest"  # what a full backlog does: drop-oldest or disconnect
+    bus_max_bytes: int = DEFAULT_MAX_BYTES  # largest message the bus accepts
+    bus_coalesce_ms: float = 5.0  # under load, a client's messages of this window share one write (0: never)
 
     def __post_init__(self) -> None:
         validate_app_path(self.app)
@@ -64,3 +71,9 @@ class SupervisorConfig:
             raise ConfigError(f"--app-dir {self.app_dir!r} is not a directory")
         if self.reload_batch < 1:
             raise ConfigError(f"--reload-batch must be at least 1, got {self.reload_batch}")
+        validate_limit(self.bus_queue)
+        Policy.parse(self.bus_policy)
+        if not 1 <= self.bus_max_bytes <= MAX_BUS_MAX_BYTES:
+            raise ConfigError(f"--bus-max-bytes must be between 1 and {MAX_BUS_MAX_BYTES}, got {self.bus_max_bytes}")
+        if not 0 <= self.bus_coalesce_ms <= 1000:
+            raise ConfigError(f"--bus-coalesce-ms must be between 0 and 1000, got {self.bus_coalesce_ms}")

@@ -53,6 +53,16 @@ def _worker_row(worker: WorkerProcess, slot: Slot | None, weight: int | None, to
     }
 
 
+def bus_totals(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Every live worker's bus counters summed (draining workers included: their drops happened too)."""
+    totals: dict[str, int] = {}
+    for row in rows:
+        for key, value in (row.get("bus") or {}).items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                totals[key] = totals.get(key, 0) + value
+    return totals
+
+
 def build_status(
     *,
     info: dict[str, Any],
@@ -109,6 +119,7 @@ def build_status(
             "rss_bytes": sum(row.get("rss_bytes", 0) for row in live),
             "cpu_percent": round(sum(row.get("cpu_percent", 0.0) for row in live), 1),
             "restarts": sum(slot.restarts for slot in slots),
+            "bus": bus_totals(live),
         },
         "ipc": ipc,
     }

@@ -49,6 +49,30 @@ def _row(worker: dict[str, Any], label: str | None = None) -> list[str]:
     ]
 
 
+_BUS_DROPS = ("dropped_slow", "disconnected_slow", "dropped_hwm", "lost", "malformed")
+
+
+def _count(n: int) -> str:
+    if n < 10_000:
+        return str(n)
+    if n < 10_000_000:
+        return f"{n / 1000:.1f}k"
+    return f"{n / 1_000_000:.1f}M"
+
+
+def _bus_line(label: str, bus: dict[str, Any]) -> str:
+    """One line of broadcast counters: what flowed, then every kind of drop (all zero on a healthy instance)."""
+
+    def get(key: str) -> str:
+        return _count(int(bus.get(key, 0)))
+
+    return (
+        f"{label}: {get('members')} members, {get('published')} published, {get('delivered')} delivered;"
+        f" dropped: {get('dropped_slow')} slow, {get('disconnected_slow')} disconnected,"
+        f" {get('dropped_hwm')} queue-full, {get('lost')} lost; {get('malformed')} malformed"
+    )
+
+
 def render_status(status: dict[str, Any]) -> str:
     balance = status.get("balance", {})
     mode = balance.get("mode", "?")
@@ -82,6 +106,12 @@ def render_status(status: dict[str, Any]) -> str:
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in table]
     if status.get("draining"):
         lines.append("* draining: replaced or removed, finishing its connections")
+    bus = totals.get("bus")
+    if bus:
+        lines.append(_bus_line("bus", bus))
+        for worker in status["workers"] + status.get("draining", []):
+            if any((worker.get("bus") or {}).get(key) for key in _BUS_DROPS):
+                lines.append(_bus_line(f"  slot {worker['slot']} pid {worker['pid']}", worker["bus"]))
     for worker in status["workers"]:
         if worker.get("crash_loop") or (worker.get("pid") is None and worker.get("last_error")):
             lines.append(f"slot {worker['slot']}: {worker.get('last_error')}")

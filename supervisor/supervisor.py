@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from ipc.bus_proxy import BusProxy
 from ipc.control import ControlServer, ProgressSink
 from ipc.endpoints import InstanceLock, InstancePaths
 from ipc.errors import ConfigError, StartupError, WsupError
@@ -63,6 +64,7 @@ class Supervisor:
         context = zmq.asyncio.Context()
         stats: StatsReceiver | None = None
         control: ControlServer | None = None
+        bus: BusProxy | None = None
         try:
             self.listeners = ListenerGroup.open(
                 resolve(self.config.host, self.config.port), self.config.workers, self.config.backlog
@@ -72,6 +74,8 @@ class Supervisor:
             stats = StatsReceiver(context, self.paths.stats)
             control = ControlServer(context, self.paths.control, self.handle_request)
             self._stats, self._control = stats, control
+            bus = self._bus = BusProxy(self.paths.bus_in, self.paths.bus_out, max_bytes=self.config.bus_max_bytes)
+            await bus.start()
             lock.write_info({**self.info, "pid": os.getpid(), "started_at": self.started_at})
             self._install_signal_handlers()
             self._tasks.append(asyncio.create_task(self._pump_stats(stats)))
@@ -92,6 +96,8 @@ class Supervisor:
                 control.close()
             if stats is not None:
                 stats.close()
+            if bus is not None:
+                bus.close()
             context.destroy(linger=0)
             if self.listeners is not None:
                 self.listeners.close()
@@ -165,6 +171,10 @@ class Supervisor:
             timeout_keep_alive=self.config.timeout_keep_alive,
             graceful_timeout=self.config.graceful_timeout,
             ws_drain_window=self.config.ws_drain_window,
+            bus_queue=self.config.bus_queue,
+            bus_policy=self.config.bus_policy,
+            bus_max_bytes=self.config.bus_max_bytes,
+            bus_coalesce_ms=self.config.bus_coalesce_ms,
         )
         worker = WorkerProcess.spawn(spec)
         if slot.spawned:
@@ -274,6 +284,7 @@ class Supervisor:
                     http=report.http if report else 0,
                     in_flight=report.in_flight if report else 0,
                     accept_queue=queued,
+                    report_age=worker.report_age() if worker else 0.0,
                 )
             )
         return loads
@@ -309,6 +320,8 @@ class Supervisor:
             return {"pid": os.getpid()}
         if request.cmd == "status":
             return self.status()
+        if request.cmd == "publish":
+            return self._bus.handle_command(request.args)
         if request.cmd == "stop":
             pids = [os.getpid(), *self.workers]
             asyncio.get_running_loop().call_soon(self.request_stop)

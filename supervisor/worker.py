@@ -21,6 +21,9 @@ import uvicorn
 import uvloop
 from uvicorn.config import LOGGING_CONFIG
 
+from ipc import broadcast
+from ipc.bus_queue import Policy
+from ipc.bus_worker import WorkerBus
 from ipc.errors import AppLoadError
 from ipc.stats import Counts, StatsReporter
 from supervisor.app_loader import load_app
@@ -80,12 +83,14 @@ class Worker:
         self.spec = spec
         self.close_code = CLOSE_GOING_AWAY
         self.server: uvicorn.Server | None = None
+        self.bus: WorkerBus | None = None
         self.reporter = StatsReporter(
             spec.stats_endpoint,
             pid=os.getpid(),
             slot=spec.slot,
             generation=spec.generation,
             snapshot=self.counts,
+            bus_counters=lambda: self.bus.describe() if self.bus is not None else {},
         )
 
     def counts(self) -> Counts:
@@ -130,6 +135,17 @@ class Worker:
         errors = LastErrorHandler()
         logging.getLogger("uvicorn.error").addHandler(errors)
         listener = socket.socket(fileno=spec.fd)
+        # The bus is up before the app's lifespan starts, so startup code and every handler can publish.
+        bus = self.bus = WorkerBus(
+            spec.bus_in,
+            spec.bus_out,
+            queue=spec.bus_queue,
+            policy=Policy.parse(spec.bus_policy),
+            max_bytes=spec.bus_max_bytes,
+            coalesce_s=spec.bus_coalesce_ms / 1000,
+        )
+        await bus.start()
+        broadcast.install(bus)
         try:
             await server.startup(sockets=[listener])
         except SystemExit:
@@ -162,6 +178,7 @@ class Worker:
         # One last report, so the supervisor sees the final counts of this worker.
         self.reporter.send_report(self.counts(), 0.0)
         reporter_task.cancel()
+        bus.close()
 
 
 def main(argv: list[str] | None = None) -> None:

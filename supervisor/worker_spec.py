@@ -28,10 +28,11 @@ class WorkerSpec:
     timeout_keep_alive: float = 5.0
     graceful_timeout: float = 30.0
     ws_drain_window: float = 2.0  # WebSocket closes are spread over this window so clients do not reconnect at once
-    idle_grace: float = 0.5  # an idle keep-alive connection of a draining worker is closed after this
+    idle_grace: float = 1.0  # an idle keep-alive connection of a draining worker is closed after this
     bus_queue: int = 256  # per-WebSocket-client bounded send queue of the broadcast bus
     bus_policy: str = "drop-oldest"
     bus_max_bytes: int = 1 << 20
+    bus_coalesce_ms: float = 5.0  # a busy bus sends each client the messages of this window in one write
 
     def to_json(self) -> str:
         return orjson.dumps(dataclasses.asdict(self)).decode()
