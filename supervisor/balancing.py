@@ -99,8 +99,14 @@ def weights_for(
     lookahead: float = LOOKAHEAD,
     floor_fraction: float = FLOOR_FRACTION,
     total_weight: int = TOTAL_WEIGHT,
+    min_fair_share: float = 0.0,
 ) -> list[int]:
-    """Weights from each slot's estimated load (``None``: not eligible), as ``compute_weights`` describes."""
+    """Weights from each slot's estimated load (``None``: not eligible), as ``compute_weights`` describes.
+
+    ``min_fair_share`` raises the fair share when load that ineligible slots hold now will come back to the eligible
+    ones (during a reload, the clients of workers not yet replaced): each eligible slot is then filled towards the
+    share it will have in the end, not towards the average of the few slots eligible so far.
+    """
     _check_knobs(total_weight, lookahead, floor_fraction)
     eligible = [(slot, cost) for slot, cost in enumerate(estimates) if cost is not None]
     weights = [0] * len(estimates)
@@ -111,7 +117,7 @@ def weights_for(
     costs = [cost for _, cost in eligible]
     # The fair share counts the connections expected before the next update as if they had arrived; the
     # deficits then add up to at least that allowance and spread a burst over every slot below the fair share.
-    fair_share = (sum(costs) + lookahead * len(eligible)) / len(eligible)
+    fair_share = max((sum(costs) + lookahead * len(eligible)) / len(eligible), min_fair_share)
     deficits = [max(fair_share - cost, 0.0) for cost in costs]
     if sum(deficits) <= 1e-9:
         deficits = [1.0] * len(eligible)  # equal loads and no look-ahead: nobody is behind, share evenly

@@ -120,8 +120,12 @@ class LoadTracker:
                 stalled.append(load.slot)
         return stalled
 
-    def plan(self, now: float, loads: Sequence[SlotLoad]) -> Plan:
-        """The weights for ``loads`` (already passed to ``observe``)."""
+    def plan(self, now: float, loads: Sequence[SlotLoad], *, returning: float | None = None) -> Plan:
+        """The weights for ``loads`` (already passed to ``observe``).
+
+        ``returning`` is load outside the slots that will reconnect (a reload's draining workers): with it, the fair
+        share is the whole instance's load per slot, see ``weights_for``'s ``min_fair_share``.
+        """
         ordered = validated(loads)
         stalled = self.stalled(now, ordered)
         live = [load.slot for load in ordered if load.eligible and load.slot not in stalled]
@@ -141,7 +145,12 @@ class LoadTracker:
                 estimates[slot] = then[slot] + max(queued, expected)
             horizon = HORIZON_S + min(now - common, MAX_PREDICTION_S)
             lookahead = max(LOOKAHEAD, LOOKAHEAD_SAFETY * churn * horizon / len(live))
-        weights = weights_for(estimates, lookahead=lookahead, floor_fraction=self.floor_fraction)
+        min_fair_share = 0.0
+        if returning is not None and ordered:
+            min_fair_share = (sum(self.costs.total(load) for load in ordered) + returning) / len(ordered)
+        weights = weights_for(
+            estimates, lookahead=lookahead, floor_fraction=self.floor_fraction, min_fair_share=min_fair_share
+        )
         return Plan(
             weights, estimates, stalled, lookahead, self._rate(self._arrivals, now), self._rate(self._churn, now)
         )

@@ -66,7 +66,10 @@ class Rollouts:
             sup.reload_floor = sup.generation + 1
             replaced: list[dict[str, Any]] = []
             try:
-                slots = [s for s in sup.slots[: sup.target] if not s.retiring]
+                # Least-loaded first: the first replacement takes all of its predecessor's returning clients (it is
+                # the only one taking connections), so it should be the smallest; surpluses of later slots are then
+                # spread over every replaced slot still below its share.
+                slots = sorted((s for s in sup.slots[: sup.target] if not s.retiring), key=_live_connections)
                 for first in range(0, len(slots), batch):
                     group = slots[first : first + batch]
                     replaced += await self._replace(group, progress)
@@ -217,3 +220,8 @@ class Rollouts:
             if errors:
                 raise ReloadFailedError("restart: " + "; ".join(errors) + " (failed slots are retried with backoff)")
             return {"pids": [w.pid for w in workers], "seconds": round(time.monotonic() - started, 2)}
+
+
+def _live_connections(slot: Slot) -> int:
+    report = slot.worker.last_report if slot.worker is not None else None
+    return report.websocket + report.http if report is not None else 0

@@ -42,7 +42,14 @@ class Steering:
         self._last_plan = 0.0
         self._out: set[int] = set()  # slots that took no new connections at the last plan
 
-    def update(self, listeners: Sequence[socket.socket], loads: Sequence[SlotLoad], *, force: bool = False) -> None:
+    def update(
+        self,
+        listeners: Sequence[socket.socket],
+        loads: Sequence[SlotLoad],
+        *,
+        force: bool = False,
+        returning: float | None = None,
+    ) -> None:
         """Recompute the weights from ``loads`` (slot order) and re-attach the program if they changed.
 
         Called on every worker report and supervisor tick; cheap when it has nothing to do.
@@ -58,7 +65,7 @@ class Steering:
         if not force and not changed and now - self._last_plan < self.min_interval:
             return
         self._last_plan = now
-        plan = self.tracker.plan(now, loads)
+        plan = self.tracker.plan(now, loads, returning=returning)
         self._log_stalls(plan.stalled)
         self.loads, self.plan, self._out = list(loads), plan, out
         if plan.weights == self.weights and not force:

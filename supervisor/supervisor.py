@@ -312,7 +312,11 @@ class Supervisor:
     def steer(self, *, force: bool = False) -> None:
         if self.listeners is None or not self.slots or self.steering.mode != "least-conn":
             return
-        self.steering.update(self.listeners.sockets, self.slot_loads(), force=force)
+        returning = None
+        if self.reload_floor is not None:
+            # Clients of the draining workers will reconnect: fill each replaced worker towards its final share.
+            returning = float(sum(w.last_report.websocket + w.last_report.http for w in self.retiring if w.last_report))
+        self.steering.update(self.listeners.sockets, self.slot_loads(), force=force, returning=returning)
 
     # --- control ------------------------------------------------------------------------------------------
     async def handle_request(self, request: Request, progress: ProgressSink) -> JSONObject:
