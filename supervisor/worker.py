@@ -156,6 +156,10 @@ class Worker:
             await server.lifespan.shutdown()
             return
         self.reporter.send_ready()
+        if spec.log_fd >= 0:
+            sys.stderr.flush()
+            os.dup2(spec.log_fd, 2)
+            os.close(spec.log_fd)
         reporter_task = asyncio.create_task(self.reporter.run())
         logger.info("serving %s (slot %d, generation %d)", spec.app, spec.slot, spec.generation)
 

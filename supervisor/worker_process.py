@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import enum
 import logging
 import os
@@ -81,13 +82,21 @@ class WorkerProcess:
         env = dict(os.environ)
         # Run from a checkout (bin/wsup) or an install alike: the worker must import our packages.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), _PACKAGE_ROOT) if p)
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.worker", spec.to_json()],
-            pass_fds=(spec.fd,),
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
+        # Until it is ready, the worker's stderr comes through a pipe: the supervisor keeps its last lines for the
+        # error of a failed start. Once ready, the worker points its stderr at ``log_fd`` (the supervisor's own),
+        # so steady-state logs never queue on the supervisor's event loop, where they would delay steering.
+        log_fd = os.dup(sys.stderr.fileno())
+        spec = dataclasses.replace(spec, log_fd=log_fd)
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.worker", spec.to_json()],
+                pass_fds=(spec.fd, log_fd),
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+        finally:
+            os.close(log_fd)
         return cls(spec, popen)
 
     @property

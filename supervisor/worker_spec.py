@@ -24,6 +24,7 @@ class WorkerSpec:
     bus_in: str
     bus_out: str
     log_level: str = "info"
+    log_fd: int = -1  # where stderr goes once the worker is ready (see WorkerProcess.spawn)
     access_log: bool = True
     timeout_keep_alive: float = 5.0
     graceful_timeout: float = 30.0
