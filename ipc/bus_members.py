@@ -23,6 +23,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from ipc.bus_queue import CLOSE_TRY_AGAIN_LATER, Backlog, Outcome
 from ipc.bus_wire import BusMessage, Kind, websocket_frame
 from ipc.errors import SlowConsumerError
+from ipc.websocket_close import close_websocket
 
 logger = logging.getLogger("wsup.bus")
 
@@ -163,13 +164,8 @@ class FrameMember(Member):
         close_with: Callable[[int], None] | None = getattr(protocol, "close_with", None)
         if close_with is not None:
             close_with(code)  # wsup's protocol: the same path a drain uses
-        elif protocol.handshake_complete and not protocol.close_sent:
-            protocol.stop_keepalive()
-            protocol.queue.put_nowait({"type": "websocket.disconnect", "code": code})
-            protocol.conn.send_close(code)
-            self.transport.write(b"".join(protocol.conn.data_to_send()))
-            protocol.close_sent = True
-            self.transport.close()
+        elif isinstance(protocol, WebSocketsSansIOProtocol):
+            close_websocket(protocol, code)
         asyncio.get_running_loop().call_later(ABORT_AFTER_S, self._abort_if_open)
 
     def _abort_if_open(self) -> None:

@@ -15,6 +15,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from ipc.websocket_close import close_websocket
+
 if AutoWebSocketsProtocol is None:  # pragma: no cover - uvicorn[standard] always brings websockets
     raise ImportError("wsup needs a WebSocket implementation: install uvicorn[standard]")
 
@@ -71,14 +73,6 @@ class WsupWebSocketProtocol(_WebSocketBase):  # type: ignore[misc]
 
     def close_with(self, code: int) -> None:
         """Close from the server side with ``code`` (1012 on reload, 1001 on stop), telling the app too."""
-        sansio: WebSocketsSansIOProtocol | None = self if isinstance(self, WebSocketsSansIOProtocol) else None
-        if sansio is not None and sansio.handshake_complete and not sansio.close_sent:
-            sansio.stop_keepalive()
-            sansio.queue.put_nowait({"type": "websocket.disconnect", "code": code})
-            sansio.conn.send_close(code)
-            sansio.transport.write(b"".join(sansio.conn.data_to_send()))
-            sansio.close_sent = True
-            sansio.transport.close()
-        else:
+        if not (isinstance(self, WebSocketsSansIOProtocol) and close_websocket(self, code)):
             # Other implementations (or a handshake still in progress) close the way uvicorn does: code 1012.
             self.shutdown()

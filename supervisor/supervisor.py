@@ -20,15 +20,15 @@ import zmq.asyncio
 from ipc.bus_proxy import BusProxy
 from ipc.control import ControlServer, ProgressSink
 from ipc.endpoints import InstanceLock, InstancePaths
-from ipc.errors import ConfigError, StartupError, WsupError
+from ipc.errors import StartupError, WsupError
 from ipc.messages import Failed, JSONObject, Ready, Request
 from ipc.stats import StatsReceiver
 from supervisor.balancing import SlotLoad
 from supervisor.config import SupervisorConfig
+from supervisor.control_commands import ControlCommands
 from supervisor.listeners import ListenerGroup, resolve
 from supervisor.rollout import Rollouts
 from supervisor.slots import Slot
-from supervisor.status import build_status
 from supervisor.steering import Steering
 from supervisor.tcp_info import accept_queue
 from supervisor.worker_process import WorkerProcess, WorkerStartError, WorkerState
@@ -55,6 +55,11 @@ class Supervisor:
         self.reload_floor: int | None = None  # during a reload: the first generation that counts as replaced
         self._stop_requested = asyncio.Event()
         self.rollouts = Rollouts(self)
+        # Set in run(), before any control request can arrive.
+        self.stats_receiver: StatsReceiver | None = None
+        self.control_server: ControlServer | None = None
+        self.bus: BusProxy | None = None
+        self.commands = ControlCommands(self)
         self._tasks: list[asyncio.Task[Any]] = []
         self.info: dict[str, Any] = {"name": paths.name, "app": config.app}
 
@@ -73,8 +78,8 @@ class Supervisor:
             self.info.update(address=address.url, host=address.host, port=address.port)
             stats = StatsReceiver(context, self.paths.stats)
             control = ControlServer(context, self.paths.control, self.handle_request)
-            self._stats, self._control = stats, control
-            bus = self._bus = BusProxy(self.paths.bus_in, self.paths.bus_out, max_bytes=self.config.bus_max_bytes)
+            self.stats_receiver, self.control_server = stats, control
+            bus = self.bus = BusProxy(self.paths.bus_in, self.paths.bus_out, max_bytes=self.config.bus_max_bytes)
             await bus.start()
             lock.write_info({**self.info, "pid": os.getpid(), "started_at": self.started_at})
             self._install_signal_handlers()
@@ -320,39 +325,4 @@ class Supervisor:
 
     # --- control ------------------------------------------------------------------------------------------
     async def handle_request(self, request: Request, progress: ProgressSink) -> JSONObject:
-        if request.cmd == "ping":
-            return {"pid": os.getpid()}
-        if request.cmd == "status":
-            return self.status()
-        if request.cmd == "publish":
-            return self._bus.handle_command(request.args)
-        if request.cmd == "stop":
-            pids = [os.getpid(), *self.workers]
-            asyncio.get_running_loop().call_soon(self.request_stop)
-            return {"stopping": True, "pids": pids, "graceful_timeout": self.config.graceful_timeout}
-        if request.cmd == "reload":
-            batch = request.args.get("batch")
-            return await self.rollouts.reload(progress, batch if isinstance(batch, int) else None)
-        if request.cmd == "scale":
-            count = request.args.get("workers")
-            if not isinstance(count, int):
-                raise ConfigError("scale needs a whole number of workers")
-            return await self.rollouts.scale(count, progress)
-        if request.cmd == "restart":
-            return await self.rollouts.restart(progress)
-        raise ConfigError(f"unknown control command {request.cmd!r}")
-
-    def status(self) -> dict[str, Any]:
-        return build_status(
-            info={**self.info, "operation": self.rollouts.running},
-            slots=self.slots,
-            retiring=self.retiring,
-            balance=self.steering.describe(),
-            ipc={
-                "malformed_stats": self._stats.malformed,
-                "malformed_control": self._control.malformed,
-                "unknown_reports": self.unknown_reports,
-                "dropped_reports": sum(w.last_report.dropped_reports for w in self.workers.values() if w.last_report),
-            },
-            started_at=self.started_at,
-        )
+        return await self.commands.handle(request, progress)

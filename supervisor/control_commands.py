@@ -1,0 +1,93 @@
+"""The supervisor's control commands: what `wsup status/stop/reload/scale/restart/publish` ask of a running instance.
+
+Each command is a method; ``handle`` dispatches by name and validates arguments, raising typed errors that the
+control server turns into error replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ipc.control import ProgressSink
+from ipc.errors import ConfigError
+from ipc.messages import JSONObject, Request
+from supervisor.status import build_status
+
+if TYPE_CHECKING:
+    from supervisor.supervisor import Supervisor
+
+Command = Callable[[JSONObject, ProgressSink], Awaitable[JSONObject]]
+
+
+class ControlCommands:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.sup = supervisor
+        self._table: dict[str, Command] = {
+            "ping": self.ping,
+            "status": self.status,
+            "stop": self.stop,
+            "reload": self.reload,
+            "scale": self.scale,
+            "restart": self.restart,
+            "publish": self.publish,
+        }
+
+    async def handle(self, request: Request, progress: ProgressSink) -> JSONObject:
+        command = self._table.get(request.cmd)
+        if command is None:
+            known = ", ".join(sorted(self._table))
+            raise ConfigError(f"unknown control command {request.cmd!r} (known: {known})")
+        return await command(request.args, progress)
+
+    async def ping(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
+        return {"pid": os.getpid()}
+
+    async def status(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
+        return self.snapshot()
+
+    def snapshot(self) -> dict[str, Any]:
+        sup = self.sup
+        assert sup.stats_receiver is not None and sup.control_server is not None and sup.bus is not None
+        return build_status(
+            info={**sup.info, "operation": sup.rollouts.running},
+            slots=sup.slots,
+            retiring=sup.retiring,
+            balance=sup.steering.describe(),
+            ipc={
+                "malformed_stats": sup.stats_receiver.malformed,
+                "malformed_control": sup.control_server.malformed,
+                "unknown_reports": sup.unknown_reports,
+                "dropped_reports": sum(w.last_report.dropped_reports for w in sup.workers.values() if w.last_report),
+                "published_by_supervisor": sup.bus.published,
+            },
+            started_at=sup.started_at,
+        )
+
+    async def stop(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
+        sup = self.sup
+        pids = [os.getpid(), *sup.workers]
+        # Answer first, then stop: the CLI waits for these pids to be gone.
+        asyncio.get_running_loop().call_soon(sup.request_stop)
+        return {"stopping": True, "pids": pids, "graceful_timeout": sup.config.graceful_timeout}
+
+    async def reload(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
+        batch = args.get("batch")
+        if batch is not None and not isinstance(batch, int):
+            raise ConfigError(f"reload --batch must be a whole number, got {batch!r}")
+        return await self.sup.rollouts.reload(progress, batch)
+
+    async def scale(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
+        count = args.get("workers")
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise ConfigError(f"scale needs a whole number of workers, got {count!r}")
+        return await self.sup.rollouts.scale(count, progress)
+
+    async def restart(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
+        return await self.sup.rollouts.restart(progress)
+
+    async def publish(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
+        assert self.sup.bus is not None
+        return self.sup.bus.handle_command(args)
