@@ -50,6 +50,7 @@ class SlotLoad:
     in_flight: int  # HTTP requests in progress
     accept_queue: int = 0  # connections waiting in the slot's accept queue (tcp_info.accept_queue)
     report_age: float = 0.0  # seconds since the worker's last report (0 if unknown)
+    opened: int = 0  # connections the worker accepted since it started, as of its last report
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,8 @@ HORIZON_S = 0.1  # steering.MIN_INTERVAL_S
 # Lookahead = safety x expected churn per slot. Below 1 the loop overshoots (below 0.5 it oscillates and grows);
 # above 1 it only corrects more slowly, and every extra update leaves more of a burst to chance.
 LOOKAHEAD_SAFETY = 1.0
+# The lookahead is at least this fraction of the mean live HTTP connections per slot (see LoadTracker.plan).
+HTTP_LOOKAHEAD = 0.5
 # How fast a measured rate fades after a burst (exponential, seconds): long enough to cover counts that are
 # still settling (closes reported late), short enough not to slow the refill of a replaced worker.
 RATE_DECAY_S = 0.3
@@ -82,12 +84,22 @@ class LoadTracker:
         self._reference: tuple[float, dict[int, float]] | None = None  # (common instant, loads then)
         self._arrivals = (0.0, 0.0)  # (connections per second, measured at), fading with RATE_DECAY_S
         self._churn = (0.0, 0.0)  # arrivals + departures
+        # Per slot: (report time, connections accepted so far, accept rate over the last report interval).
+        self._opened: list[tuple[float, int, float] | None] = []
+        # Per slot: the last accept-queue length seen, and when it last went down (the worker is accepting).
+        self._queue: list[tuple[int, float]] = []
 
     def observe(self, now: float, loads: Sequence[SlotLoad]) -> None:
         """Record each slot's latest report; call it on every report, the history is what makes slots comparable."""
         if len(self._history) != len(loads):
             self._history = [collections.deque(maxlen=HISTORY) for _ in loads]
+            self._opened = [None] * len(loads)
+            self._queue = [(0, 0.0)] * len(loads)
             self._reference = None
+        self._observe_openings(now, loads)
+        for load in loads:
+            queued, drained_at = self._queue[load.slot]
+            self._queue[load.slot] = (load.accept_queue, now if load.accept_queue < queued else drained_at)
         for load in loads:
             history = self._history[load.slot]
             if not load.eligible:
@@ -99,6 +111,25 @@ class LoadTracker:
             if history:
                 self._surprise(load.slot, now, history[-1], (at, value), len(loads))
             history.append((at, value))
+
+    def _observe_openings(self, now: float, loads: Sequence[SlotLoad]) -> None:
+        # Short-lived connections (an HTTP client that opens one per request) come and go between two reports:
+        # the live counts stay flat and show no churn, and the loop would chase one-connection differences with
+        # a tiny lookahead, swinging every new connection to one worker. The workers' count of accepted
+        # connections is the true arrival rate; with it the lookahead covers what arrives before the next update.
+        for load in loads:
+            at = now - load.report_age
+            previous = self._opened[load.slot]
+            if not load.eligible:
+                self._opened[load.slot] = None  # no worker taking connections: no rate, not a stale one
+                continue
+            if previous is None or load.opened < previous[1]:  # a new worker on the slot counts from zero
+                self._opened[load.slot] = (at, load.opened, 0.0)
+            elif at > previous[0] + SAME_REPORT_S:
+                self._opened[load.slot] = (at, load.opened, (load.opened - previous[1]) / (at - previous[0]))
+        rate = sum(entry[2] for entry in self._opened if entry is not None)
+        if rate > 0:
+            self._raise(now, rate, 2 * rate)  # in a steady state as many leave as arrive
 
     def attached(self, now: float, weights: Sequence[int]) -> None:
         self._programs.append((now, list(weights)))
@@ -116,7 +147,10 @@ class LoadTracker:
             peers = [other.report_age for other in loads if other.slot != load.slot and other.report_age > 0]
             late = load.report_age - (statistics.median(peers) if peers else 0.0)
             busy = min(BUSY_MAX_S, (self._taken(load.slot, now) + load.accept_queue) * BUSY_PER_CONNECTION_S)
-            if late >= STALL_EMPTY_S or (late >= STALL_S + busy and load.accept_queue > 0):
+            # A worker whose queue went down since its last report is accepting: its reports are late because the
+            # machine is saturated (seen on 2 busy cores), not because its loop is stuck.
+            accepting = slot_queue_drained_since(self._queue, load.slot, now - load.report_age)
+            if late >= STALL_EMPTY_S or (late >= STALL_S + busy and load.accept_queue > 0 and not accepting):
                 stalled.append(load.slot)
         return stalled
 
@@ -144,7 +178,12 @@ class LoadTracker:
                 queued = ordered[slot].accept_queue * self.costs.accept_queue
                 estimates[slot] = then[slot] + max(queued, expected)
             horizon = HORIZON_S + min(now - common, MAX_PREDICTION_S)
-            lookahead = max(LOOKAHEAD, LOOKAHEAD_SAFETY * churn * horizon / len(live))
+            # Keep-alive HTTP connections come in bursts (a client pool reconnecting at once) long after the last
+            # update: weights built from small differences between busy workers ([28, 36] gave 98%/2%) would send
+            # a whole burst to one worker. Half the mean HTTP count per slot keeps them moderate (62%/38%).
+            # WebSockets are unaffected: they are what the tight correction is for.
+            http_mean = sum(ordered[slot].http for slot in live) / len(live)
+            lookahead = max(LOOKAHEAD, LOOKAHEAD_SAFETY * churn * horizon / len(live), HTTP_LOOKAHEAD * http_mean)
         min_fair_share = 0.0
         if returning is not None and ordered:
             min_fair_share = (sum(self.costs.total(load) for load in ordered) + returning) / len(ordered)
@@ -241,3 +280,7 @@ def _at(history: Sequence[tuple[float, float]], instant: float) -> float:
         if t0 <= instant <= t1:
             return v0 + (v1 - v0) * (instant - t0) / (t1 - t0) if t1 > t0 else v1
     return history[-1][1]
+
+
+def slot_queue_drained_since(queues: Sequence[tuple[int, float]], slot: int, instant: float) -> bool:
+    return slot < len(queues) and queues[slot][1] > instant

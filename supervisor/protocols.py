@@ -28,6 +28,11 @@ class WsupHttpProtocol(HttpToolsProtocol):
 
     draining: ClassVar[bool] = False
     on_lost: ClassVar[Callable[[], None] | None] = None  # set by the drain, to wake it when a connection ends
+    opened: ClassVar[int] = 0  # every accepted connection (a WebSocket starts as one): steering's arrival rate
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        WsupHttpProtocol.opened += 1
+        super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -290,6 +290,7 @@ class Supervisor:
                     in_flight=report.in_flight if report else 0,
                     accept_queue=queued,
                     report_age=worker.report_age() if worker else 0.0,
+                    opened=report.connections_opened if report else 0,
                 )
             )
         return loads

@@ -107,6 +107,7 @@ class Worker:
             requests=state.total_requests,
             websocket_sessions=WsupWebSocketProtocol.opened,
             draining=WsupHttpProtocol.draining,
+            connections_opened=WsupHttpProtocol.opened,
         )
 
     def _on_signal(self, close_code: int) -> None:
