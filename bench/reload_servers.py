@@ -15,8 +15,6 @@ Every process tree started here is stopped (TERM, then KILL of what is left), al
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import http.client
 import importlib.util
 import os
@@ -33,13 +31,13 @@ from typing import Any
 
 import orjson
 import psutil
+from server_process import die_with_parent, spawn, stop_tree
 
 REPO = Path(__file__).resolve().parent.parent
 APP = "app:asgi"
 RELOAD_TIMEOUT_S = 90.0
 STOP_GRACE_S = 20.0
 POLL_S = 0.05
-_PR_SET_PDEATHSIG = 1
 
 
 class ServerError(RuntimeError):
@@ -117,12 +115,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def die_with_parent() -> None:
-    """Runs in a child between fork and exec: the kernel TERMs it if this benchmark dies."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def http_ok(port: int, path: str = "/hello") -> bool:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
     try:
@@ -178,18 +170,7 @@ class Server:
         return f"{scheme}://127.0.0.1:{self.port}{path}"
 
     def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            # A session of its own: a Ctrl-C in the terminal reaches only the benchmark, which then stops the tree.
-            self.popen = subprocess.Popen(
-                self.spec.command(self.port),
-                cwd=REPO,
-                env={**os.environ, **self.spec.env},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+        self.popen = spawn(self.spec.command(self.port), cwd=REPO, env=self.spec.env, log_path=self.log_path)
         self.master = psutil.Process(self.popen.pid)
 
     # -- workers -----------------------------------------------------------------------------------------------
@@ -353,19 +334,5 @@ class Server:
         """SIGTERM the master, give it STOP_GRACE_S, then SIGKILL whatever is left of the tree."""
         if self.popen is None or self.master is None:
             return
-        try:  # collected before the TERM: orphans of a master that exits are re-parented and harder to find
-            tree = [self.master, *self.master.children(recursive=True)]
-        except psutil.Error:
-            tree = [self.master]
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(STOP_GRACE_S)
-        _gone, alive = psutil.wait_procs(tree, timeout=2)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5)
+        stop_tree(self.popen, self.master, STOP_GRACE_S)
         self.popen = None

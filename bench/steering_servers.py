@@ -12,11 +12,9 @@ the benchmark fails or is interrupted; each child also gets SIGTERM from the ker
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -28,13 +26,13 @@ from typing import Any
 
 import orjson
 import psutil
+from server_process import spawn, stop_tree
 
 REPO = Path(__file__).resolve().parent.parent
 APPS_DIR = REPO / "tests" / "apps"
 SERVERS = ("uvicorn", "wsup-hash", "wsup")
 STOP_GRACE_S = 20.0
 READY_TIMEOUT_S = 90.0
-_PR_SET_PDEATHSIG = 1
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -100,12 +98,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def die_with_parent() -> None:
-    """Runs in a child between fork and exec: the kernel TERMs it if this benchmark dies."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def health_pid(port: int) -> int | None:
     """The pid of the worker that answered ``GET /health`` on a new connection, None if nothing answered."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5.0)
@@ -156,18 +148,7 @@ class Server:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            # A session of its own: a Ctrl-C in the terminal reaches only the benchmark, which then stops the tree.
-            self.popen = subprocess.Popen(
-                self.spec.command(self.port),
-                cwd=REPO,
-                env={**os.environ, **self.spec.env},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+        self.popen = spawn(self.spec.command(self.port), cwd=REPO, env=self.spec.env, log_path=self.log_path)
         self.master = psutil.Process(self.popen.pid)
 
     def worker_pids(self) -> set[int]:
@@ -235,19 +216,5 @@ class Server:
         """SIGTERM the master, give it STOP_GRACE_S, then SIGKILL whatever is left of the tree."""
         if self.popen is None or self.master is None:
             return
-        try:  # collected before the TERM: orphans of a master that exits are re-parented and harder to find
-            tree = [self.master, *self.master.children(recursive=True)]
-        except psutil.Error:
-            tree = [self.master]
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(STOP_GRACE_S)
-        _gone, alive = psutil.wait_procs(tree, timeout=2)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5)
+        stop_tree(self.popen, self.master, STOP_GRACE_S)
         self.popen = None

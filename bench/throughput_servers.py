@@ -4,10 +4,8 @@ ready, measured (CPU, memory of its master and each worker) and stopped with its
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import importlib.util
-import os
 import shlex
 import signal
 import socket
@@ -19,11 +17,11 @@ from pathlib import Path
 from types import TracebackType
 
 import psutil
+from server_process import spawn
 
 REPO = Path(__file__).resolve().parent.parent
 APP = "app:asgi"
 PATH = "/hello"
-_PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 15.0
 DISPLAY_ENV = {"WSUP_RUN_DIR": "/tmp/wsup-bench-XXXX"}  # a fresh temporary directory per benchmark
 
@@ -95,11 +93,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _http_ok(port: int) -> bool:
@@ -190,18 +183,7 @@ class RunningServer:
         self.stop()
 
     def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            # A session of its own: a Ctrl-C in the terminal reaches only this script, which then stops the tree.
-            self.popen = subprocess.Popen(
-                self.spec.command(self.port),
-                cwd=REPO,
-                env={**os.environ, **self.spec.env},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        self.popen = spawn(self.spec.command(self.port), cwd=REPO, env=self.spec.env, log_path=self.log_path)
         self.root = psutil.Process(self.popen.pid)
         self.master = None if self.spec.single_process else self.root
 
