@@ -36,8 +36,11 @@ HORIZON_S = 0.1  # steering.MIN_INTERVAL_S
 # Lookahead = safety x expected churn per slot. Below 1 the loop overshoots (below 0.5 it oscillates and grows);
 # above 1 it only corrects more slowly, and every extra update leaves more of a burst to chance.
 LOOKAHEAD_SAFETY = 1.0
-# The lookahead is at least this fraction of the mean live HTTP connections per slot (see LoadTracker.plan).
-HTTP_LOOKAHEAD = 0.5
+# The lookahead is at least this multiple of the mean live HTTP connections per slot (see LoadTracker.plan). Traced:
+# a pool of 64 keep-alive connections that closed and reconnected at once inherited the weights meant to correct
+# the old pool's imbalance ([24, 40] gave 80/20, and the new pool landed [49, 15]). At 2x the mean, a burst that
+# replaces every connection halves the imbalance instead of reversing or amplifying it.
+HTTP_LOOKAHEAD = 2.0
 # How fast a measured rate fades after a burst (exponential, seconds): long enough to cover counts that are
 # still settling (closes reported late), short enough not to slow the refill of a replaced worker.
 RATE_DECAY_S = 0.3
@@ -180,7 +183,7 @@ class LoadTracker:
             horizon = HORIZON_S + min(now - common, MAX_PREDICTION_S)
             # Keep-alive HTTP connections come in bursts (a client pool reconnecting at once) long after the last
             # update: weights built from small differences between busy workers ([28, 36] gave 98%/2%) would send
-            # a whole burst to one worker. Half the mean HTTP count per slot keeps them moderate (62%/38%).
+            # a whole burst to one worker. Twice the mean HTTP count per slot keeps them moderate (56%/44%).
             # WebSockets are unaffected: they are what the tight correction is for.
             http_mean = sum(ordered[slot].http for slot in live) / len(live)
             lookahead = max(LOOKAHEAD, LOOKAHEAD_SAFETY * churn * horizon / len(live), HTTP_LOOKAHEAD * http_mean)
