@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
+import orjson
+import psutil
 import pytest
 
 from tests.wsup_harness import ROOT, Instance, free_port
@@ -16,7 +19,24 @@ def run_dir() -> Iterator[Path]:
     # Short on purpose: a Unix socket path must fit in 107 bytes.
     path = Path(tempfile.mkdtemp(prefix="wsup-t", dir="/tmp"))
     yield path
+    _kill_instances(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _kill_instances(run_dir: Path) -> None:
+    """Safety net: a supervisor a test started with --daemon and failed to stop is killed with its workers here,
+    before its run directory (and with it every way to reach it) is deleted."""
+    procs: list[psutil.Process] = []
+    for info_file in run_dir.glob("*/instance.json"):
+        try:
+            root = psutil.Process(int(orjson.loads(info_file.read_bytes())["pid"]))
+            procs += [root, *root.children(recursive=True)]
+        except (psutil.Error, KeyError, ValueError, orjson.JSONDecodeError):
+            continue
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=10)
 
 
 @pytest.fixture
