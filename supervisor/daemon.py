@@ -17,13 +17,11 @@ from typing import Any
 import orjson
 
 from ipc.errors import StartupError, error_from_kind
-from supervisor.worker_process import _PACKAGE_ROOT
+from supervisor.worker_process import child_env
 
 
 def start_detached(argv: list[str], log_file: Path, timeout: float) -> dict[str, Any]:
     read_fd, write_fd = os.pipe()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), _PACKAGE_ROOT) if p)
     log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
@@ -33,7 +31,7 @@ def start_detached(argv: list[str], log_file: Path, timeout: float) -> dict[str,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            env=env,
+            env=child_env(),
         )
     os.close(write_fd)
     try:

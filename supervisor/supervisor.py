@@ -273,10 +273,11 @@ class Supervisor:
     def slot_loads(self) -> list[SlotLoad]:
         assert self.listeners is not None
         loads = []
+        replaced_ready = self.replaced_ready()  # once per update, not once per slot
         for slot in self.slots:
             worker = slot.worker
             report = worker.last_report if worker else None
-            eligible = self.takes_new_connections(slot)
+            eligible = self.takes_new_connections(slot, replaced_ready)
             try:
                 queued, _ = accept_queue(self.listeners.sockets[slot.index])
             except OSError:
@@ -295,7 +296,7 @@ class Supervisor:
             )
         return loads
 
-    def takes_new_connections(self, slot: Slot) -> bool:
+    def takes_new_connections(self, slot: Slot, replaced_ready: bool) -> bool:
         """Whether steering may send new connections to ``slot``'s worker (weight > 0)."""
         worker = slot.worker
         if worker is None or worker.state is not WorkerState.READY or slot.retiring:
@@ -305,10 +306,10 @@ class Supervisor:
         floor = self.reload_floor
         # During a reload, only workers already replaced take new connections (once one is ready), so a client
         # that reconnects is never sent to a worker that will be restarted next: one disconnect per reload.
-        return floor is None or worker.generation >= floor or not self.replaced_ready
+        return floor is None or worker.generation >= floor or not replaced_ready
 
-    @property
     def replaced_ready(self) -> bool:
+        """During a reload: whether some already-replaced worker is ready to take the reconnecting clients."""
         floor = self.reload_floor
         return floor is not None and any(
             s.worker is not None and s.worker.generation >= floor and s.worker.state is WorkerState.READY

@@ -25,6 +25,15 @@ from supervisor.worker_spec import WorkerSpec
 
 logger = logging.getLogger("wsup.supervisor")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def child_env() -> dict[str, str]:
+    """Our environment, with wsup's packages importable: run from a checkout (bin/wsup) or an install alike."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), _PACKAGE_ROOT) if p)
+    return env
+
+
 STDERR_TAIL_LINES = 20
 
 
@@ -79,9 +88,6 @@ class WorkerProcess:
 
     @classmethod
     def spawn(cls, spec: WorkerSpec) -> WorkerProcess:
-        env = dict(os.environ)
-        # Run from a checkout (bin/wsup) or an install alike: the worker must import our packages.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), _PACKAGE_ROOT) if p)
         # Until it is ready, the worker's stderr comes through a pipe: the supervisor keeps its last lines for the
         # error of a failed start. Once ready, the worker points its stderr at ``log_fd`` (the supervisor's own),
         # so steady-state logs never queue on the supervisor's event loop, where they would delay steering.
@@ -93,7 +99,7 @@ class WorkerProcess:
                 pass_fds=(spec.fd, log_fd),
                 stdin=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                env=env,
+                env=child_env(),
             )
         finally:
             os.close(log_fd)
