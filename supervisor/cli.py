@@ -191,7 +191,7 @@ def _restart(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
-    count = parse_instances(args.workers)
+    count = parse_instances(args.workers, "scale N")
     result = commands.rollout(args.name, "scale", {"workers": count}, _print_progress, args.timeout)
     print(f"wsup: scaled from {result['from']} to {result['to']} workers")
     return 0

@@ -16,16 +16,16 @@ MAX_BUS_MAX_BYTES = 64 << 20  # one message is copied once per worker; beyond th
 MAX_WORKERS = 128  # the steering program addresses slots with 8-bit jumps; far beyond any one host's need
 
 
-def parse_instances(value: str) -> int:
+def parse_instances(value: str, option: str = "-i/--instances") -> int:
     """``-i N`` or ``-i max`` (one worker per CPU), as PM2 accepts."""
     if value in ("max", "0", "-1"):
         return os.cpu_count() or 1
     try:
         count = int(value)
     except ValueError:
-        raise ConfigError(f"-i/--instances must be a positive whole number or 'max', got {value!r}") from None
+        raise ConfigError(f"{option} must be a positive whole number or 'max', got {value!r}") from None
     if not 1 <= count <= MAX_WORKERS:
-        raise ConfigError(f"-i/--instances must be between 1 and {MAX_WORKERS} (or 'max'), got {count}")
+        raise ConfigError(f"{option} must be between 1 and {MAX_WORKERS} (or 'max'), got {count}")
     return count
 
 

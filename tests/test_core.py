@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import signal
 import socket
@@ -15,16 +16,13 @@ from tests.clients import close_all, http_get, open_websockets, tally
 from tests.wsup_harness import Instance, port_is_free, wait_until
 
 
-def _socket_inode(pid: int, fd_target_port: int) -> set[int]:
-    """Inodes of the listening sockets on ``fd_target_port`` that process ``pid`` holds."""
-    inodes = set()
-    for conn in psutil.Process(pid).net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == fd_target_port:
-            inodes.add(conn.fd)
-    fds = set()
-    for fd in inodes:
-        fds.add(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
-    return fds
+def _listener_inodes(pid: int, port: int) -> set[int]:
+    """Inodes of the listening sockets on ``port`` that process ``pid`` holds: the same inode is the same socket."""
+    return {
+        os.stat(f"/proc/{pid}/fd/{conn.fd}").st_ino
+        for conn in psutil.Process(pid).net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+    }
 
 
 def test_status_counts_match_what_clients_see(start_wsup: Callable[..., Instance]) -> None:
@@ -60,8 +58,6 @@ def test_status_counts_match_what_clients_see(start_wsup: Callable[..., Instance
 def test_keepalive_http_connections_are_counted(start_wsup: Callable[..., Instance]) -> None:
     wsup = start_wsup("app:asgi", "-i", "2")
     wsup.wait_ready(2)
-    import http.client
-
     clients = [http.client.HTTPConnection("127.0.0.1", wsup.port, timeout=10) for _ in range(6)]
     try:
         for client in clients:
@@ -82,8 +78,8 @@ def test_killed_worker_is_replaced_on_the_same_slot_and_socket(start_wsup: Calla
     before = wsup.wait_ready(3)
     victim = next(w for w in before["workers"] if w["slot"] == 1)
     supervisor_pid = before["supervisor"]["pid"]
-    inode_before = _socket_inode(victim["pid"], wsup.port)
-    assert inode_before and inode_before <= _socket_inode(supervisor_pid, wsup.port)
+    inode_before = _listener_inodes(victim["pid"], wsup.port)
+    assert inode_before and inode_before <= _listener_inodes(supervisor_pid, wsup.port)
 
     os.kill(victim["pid"], signal.SIGKILL)
 
@@ -93,7 +89,7 @@ def test_killed_worker_is_replaced_on_the_same_slot_and_socket(start_wsup: Calla
 
     row = wait_until(replaced, 20, 0.1, "slot 1 replaced")
     assert row["restarts"] == 1
-    assert _socket_inode(int(row["pid"]), wsup.port) == inode_before
+    assert _listener_inodes(int(row["pid"]), wsup.port) == inode_before
     others = {w["slot"]: w["pid"] for w in wsup.status()["workers"] if w["slot"] != 1}
     assert others == {w["slot"]: w["pid"] for w in before["workers"] if w["slot"] != 1}
     status, _ = http_get(wsup.port)

@@ -175,7 +175,9 @@ def test_scale_up_and_down_under_load(start_wsup: Callable[..., Instance]) -> No
     finally:
         _stop_and_check(loads)
     bad = wsup.cli("scale", "0x", "--name", wsup.name)
-    assert bad.returncode == 2 and "-i/--instances" not in bad.stdout
+    assert bad.returncode == 2 and "scale N must be a positive whole number or 'max', got '0x'" in bad.stderr, (
+        bad.stderr
+    )
 
 
 def test_restart_replaces_everything(start_wsup: Callable[..., Instance]) -> None:
