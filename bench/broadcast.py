@@ -47,6 +47,7 @@ from broadcast_servers import (
     start_wsup,
     versions,
 )
+from server_process import free_port
 
 RATES = (200, 400, 800, 1200, 1600, 2400, 3200, 4800, 6400)
 STALL_RATE = 100
@@ -56,12 +57,6 @@ P99_LIMIT_MS = 100.0
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def machine_busy_s() -> float:

@@ -21,6 +21,7 @@ from typing import Any
 from reload_servers import Reload
 from reload_wrk import WrkResult
 from reload_ws import WsResult
+from throughput_system import cpu_model
 
 START, END = "<!-- reload:start -->", "<!-- reload:end -->"
 SERVERS = ("wsup", "uvicorn", "gunicorn")
@@ -69,16 +70,6 @@ class Context:
 # -- machine ---------------------------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _git(repo: Path, *args: str) -> str:
     """Read-only git (``--no-optional-locks``: not even the index is refreshed)."""
     try:
@@ -95,7 +86,7 @@ def machine(repo: Path) -> dict[str, str]:
     dirty = [line.split(maxsplit=1)[1] for line in status if len(line.split(maxsplit=1)) == 2]
     return {
         "nproc": str(os.cpu_count() or 0),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "kernel": platform.release(),
         "wsup": (_git(repo, "rev-parse", "--short", "HEAD") or "unknown")
         + (f" + uncommitted changes in {', '.join(sorted(dirty))}" if dirty else ""),

@@ -16,11 +16,9 @@ Every process tree started here is stopped (TERM, then KILL of what is left), al
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +29,7 @@ from typing import Any
 
 import orjson
 import psutil
-from server_process import die_with_parent, spawn, stop_tree
+from server_process import alive, die_with_parent, free_port, gunicorn_worker_class, spawn, stop_tree
 
 REPO = Path(__file__).resolve().parent.parent
 APP = "app:asgi"
@@ -76,13 +74,6 @@ class ServerSpec:
         return shlex.join(argv)
 
 
-def gunicorn_worker_class() -> str:
-    """uvicorn 0.54 still ships ``uvicorn.workers`` but deprecates it in favour of the ``uvicorn-worker`` package."""
-    if importlib.util.find_spec("uvicorn_worker") is not None:
-        return "uvicorn_worker.UvicornWorker"
-    return "uvicorn.workers.UvicornWorker"
-
-
 def build_specs(workers: int, run_dir: str, wsup_log_level: str) -> dict[str, ServerSpec]:
     py = sys.executable
     # uvicorn and gunicorn log at info: only lifecycle lines (no access log), which tell when a worker is serving.
@@ -109,12 +100,6 @@ def build_specs(workers: int, run_dir: str, wsup_log_level: str) -> dict[str, Se
     }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def http_ok(port: int, path: str = "/hello") -> bool:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
     try:
@@ -124,13 +109,6 @@ def http_ok(port: int, path: str = "/hello") -> bool:
         return False
     finally:
         conn.close()
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
 
 
 def _abort_line(log: str) -> str | None:
@@ -183,7 +161,7 @@ class Server:
             return []
         workers = []
         for proc in children:
-            if not _alive(proc):
+            if not alive(proc):
                 continue
             if self.spec.worker_marker is not None:
                 try:

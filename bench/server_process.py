@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -55,3 +57,23 @@ def stop_tree(popen: subprocess.Popen[bytes], root: psutil.Process, grace_s: flo
     psutil.wait_procs(alive, timeout=5)
     with contextlib.suppress(subprocess.TimeoutExpired):
         popen.wait(5)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def gunicorn_worker_class() -> str:
+    """uvicorn 0.54 still ships ``uvicorn.workers`` but deprecates it in favour of the ``uvicorn-worker`` package."""
+    if importlib.util.find_spec("uvicorn_worker") is not None:
+        return "uvicorn_worker.UvicornWorker"
+    return "uvicorn.workers.UvicornWorker"

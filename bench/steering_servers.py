@@ -15,7 +15,6 @@ import contextlib
 import http.client
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import orjson
 import psutil
-from server_process import spawn, stop_tree
+from server_process import alive, free_port, spawn, stop_tree
 
 REPO = Path(__file__).resolve().parent.parent
 APPS_DIR = REPO / "tests" / "apps"
@@ -92,12 +91,6 @@ def build_specs(app: str, workers: int, run_dir: str, tag: str) -> dict[str, Ser
     }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def health_pid(port: int) -> int | None:
     """The pid of the worker that answered ``GET /health`` on a new connection, None if nothing answered."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5.0)
@@ -110,13 +103,6 @@ def health_pid(port: int) -> int | None:
         return None
     finally:
         conn.close()
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
 
 
 class Server:
@@ -160,7 +146,7 @@ class Server:
         pids = set()
         for proc in children:
             with contextlib.suppress(psutil.Error):
-                if _alive(proc) and self.spec.worker_marker in " ".join(proc.cmdline()):
+                if alive(proc) and self.spec.worker_marker in " ".join(proc.cmdline()):
                     pids.add(proc.pid)
         return pids
 

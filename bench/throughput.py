@@ -31,9 +31,10 @@ from pathlib import Path
 from types import FrameType
 
 import orjson
+from server_process import gunicorn_worker_class
 from throughput_markdown import render, write_section
 from throughput_results import MODES, Context, LoadRun, Sample, Settings, from_json, missing_quiet, to_json
-from throughput_servers import REPO, RunningServer, ServerError, ServerSpec, build_specs, gunicorn_worker_class
+from throughput_servers import REPO, RunningServer, ServerError, ServerSpec, build_specs
 from throughput_system import CpuStat, Machine, loadavg, package_versions, wait_for_quiet, wsup_revision
 from throughput_wrk import WrkError, find_wrk, run_wrk, wrk_argv, wrk_version
 

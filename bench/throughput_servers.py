@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib.util
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 import psutil
-from server_process import spawn
+from server_process import free_port, gunicorn_worker_class, spawn
 
 REPO = Path(__file__).resolve().parent.parent
 APP = "app:asgi"
@@ -46,13 +44,6 @@ class ServerSpec:
         argv = [".venv/bin/python" if arg == sys.executable else arg.replace("{port}", "PORT") for arg in self.argv]
         env = " ".join(f"{k}={DISPLAY_ENV.get(k, v)}" for k, v in self.env.items())
         return (env + " " if env else "") + shlex.join(argv)
-
-
-def gunicorn_worker_class() -> str:
-    """uvicorn 0.54 still ships ``uvicorn.workers`` but deprecates it in favour of the ``uvicorn-worker`` package."""
-    if importlib.util.find_spec("uvicorn_worker") is not None:
-        return "uvicorn_worker.UvicornWorker"
-    return "uvicorn.workers.UvicornWorker"
 
 
 def _wsup(name: str, workers: int, run_dir: str, *extra: str) -> ServerSpec:
@@ -87,12 +78,6 @@ def build_specs(workers: int, run_dir: str) -> dict[str, ServerSpec]:
             None,
         ),
     }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _http_ok(port: int) -> bool:
