@@ -15,6 +15,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from ipc.counters import ACCEPTED, CLOSED, local_cells
 from ipc.websocket_close import close_websocket
 
 if AutoWebSocketsProtocol is None:  # pragma: no cover - uvicorn[standard] always brings websockets
@@ -28,13 +29,17 @@ class WsupHttpProtocol(HttpToolsProtocol):
 
     draining: ClassVar[bool] = False
     on_lost: ClassVar[Callable[[], None] | None] = None  # set by the drain, to wake it when a connection ends
-    opened: ClassVar[int] = 0  # every accepted connection (a WebSocket starts as one): steering's arrival rate
+    # Every TCP connection accepted and ended (a WebSocket starts as an HTTP connection and ends as a WebSocket),
+    # in the page shared with the supervisor (ipc.counters) once the worker attaches it: steering reads them live.
+    cells: ClassVar[memoryview] = local_cells()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        WsupHttpProtocol.opened += 1
+        WsupHttpProtocol.cells[ACCEPTED] += 1
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Not called for a connection upgraded to a WebSocket: the transport then belongs to the WebSocket protocol.
+        WsupHttpProtocol.cells[CLOSED] += 1
         super().connection_lost(exc)
         if WsupHttpProtocol.on_lost is not None:
             WsupHttpProtocol.on_lost()
@@ -72,6 +77,7 @@ class WsupWebSocketProtocol(_WebSocketBase):  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
         WsupWebSocketProtocol.live -= 1
+        WsupHttpProtocol.cells[CLOSED] += 1
         super().connection_lost(exc)
         if WsupWebSocketProtocol.on_lost is not None:
             WsupWebSocketProtocol.on_lost()

@@ -24,6 +24,7 @@ from uvicorn.config import LOGGING_CONFIG
 from ipc import broadcast
 from ipc.bus_queue import Policy
 from ipc.bus_worker import WorkerBus
+from ipc.counters import ConnectionCounters
 from ipc.errors import AppLoadError
 from ipc.stats import Counts, StatsReporter
 from supervisor.app_loader import load_app
@@ -81,6 +82,8 @@ class Worker:
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
+        if spec.counters_fd >= 0:  # the page the supervisor reads this worker's live connection counts from
+            WsupHttpProtocol.cells = ConnectionCounters.attach(spec.counters_fd).cells
         self.close_code = CLOSE_GOING_AWAY
         self.server: uvicorn.Server | None = None
         self.bus: WorkerBus | None = None
@@ -107,7 +110,6 @@ class Worker:
             requests=state.total_requests,
             websocket_sessions=WsupWebSocketProtocol.opened,
             draining=WsupHttpProtocol.draining,
-            connections_opened=WsupHttpProtocol.opened,
         )
 
     def _on_signal(self, close_code: int) -> None:

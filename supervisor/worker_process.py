@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from ipc.counters import ConnectionCounters
 from ipc.messages import Report
 from supervisor.worker_spec import WorkerSpec
 
@@ -70,6 +71,8 @@ class WorkerProcess:
         self.started_wall = time.time()
         self.ready_at: float | None = None
         self.last_report: Report | None = None
+        # Its live connection counts, shared in memory (set by spawn): what steering reads between reports.
+        self.counters: ConnectionCounters | None = None
         self.last_seen = self.started_at  # monotonic time of the last message from this worker
         self.error: str | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
@@ -92,18 +95,25 @@ class WorkerProcess:
         # error of a failed start. Once ready, the worker points its stderr at ``log_fd`` (the supervisor's own),
         # so steady-state logs never queue on the supervisor's event loop, where they would delay steering.
         log_fd = os.dup(sys.stderr.fileno())
-        spec = dataclasses.replace(spec, log_fd=log_fd)
+        counters = ConnectionCounters.create()
+        spec = dataclasses.replace(spec, log_fd=log_fd, counters_fd=counters.fd)
         try:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "supervisor.worker", spec.to_json()],
-                pass_fds=(spec.fd, log_fd),
+                pass_fds=(spec.fd, log_fd, counters.fd),
                 stdin=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 env=child_env(),
             )
+        except BaseException:
+            counters.close()
+            raise
         finally:
             os.close(log_fd)
-        return cls(spec, popen)
+        counters.close_fd()
+        worker = cls(spec, popen)
+        worker.counters = counters
+        return worker
 
     @property
     def slot(self) -> int:

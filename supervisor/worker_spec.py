@@ -25,6 +25,7 @@ class WorkerSpec:
     bus_out: str
     log_level: str = "info"
     log_fd: int = -1  # where stderr goes once the worker is ready (see WorkerProcess.spawn)
+    counters_fd: int = -1  # the shared page of its connection counters (ipc.counters), -1 for none
     access_log: bool = True
     timeout_keep_alive: float = 5.0
     graceful_timeout: float = 30.0

@@ -1,0 +1,83 @@
+"""Connection counters a worker shares with its supervisor through memory: readable at any instant, no message.
+
+Reports over ZeroMQ come from the worker's event loop, and a burst of connections keeps that loop busy: during
+400 WebSocket connects at once, reports reached the supervisor 50-800 ms late, while the kernel places every SYN
+with the steering program in force at that microsecond. Steering has to know where connections went *now*. Two
+integers in a shared page, written only by the worker (in ``connection_made``/``connection_lost``) and read by the
+supervisor whenever it plans, tell it with no delay and no message. The ZeroMQ report stays what ``wsup status``
+and the heartbeat are made of.
+
+Each worker gets a page of its own (a replacement and the worker it replaces run side by side), created by the
+supervisor as a memfd and inherited through ``pass_fds``. Each cell has one writer; an aligned 8-byte store is
+atomic on the 64-bit machines wsup runs on, so a reader never sees a torn value.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+from typing import NamedTuple
+
+ACCEPTED = 0  # TCP connections the worker accepted (a WebSocket starts as an HTTP connection and is counted once)
+CLOSED = 1  # of those, connections that ended (as HTTP, or as the WebSocket they were upgraded to)
+_CELLS = 2
+_SIZE = mmap.PAGESIZE
+
+
+class CounterSnapshot(NamedTuple):
+    accepted: int
+    closed: int
+
+    @property
+    def live(self) -> int:
+        return self.accepted - self.closed
+
+
+class ConnectionCounters:
+    """One worker's counters. The supervisor ``create``s them; the worker ``attach``es to the inherited fd."""
+
+    def __init__(self, fd: int) -> None:
+        self._map = mmap.mmap(fd, _SIZE)
+        # A memoryview cast to unsigned 64-bit cells: `cells[i] += 1` is the whole cost on the connection path.
+        self.cells = memoryview(self._map).cast("Q")
+        self.fd = fd
+
+    @classmethod
+    def create(cls) -> ConnectionCounters:
+        """A zeroed page for a new worker; pass ``fd`` to it, then ``close_fd`` once it is spawned."""
+        try:
+            fd = os.memfd_create("wsup-counters", os.MFD_CLOEXEC)
+        except (AttributeError, OSError):  # no memfd (not Linux): an unlinked file does the same
+            with tempfile.TemporaryFile() as file:
+                fd = os.dup(file.fileno())
+        os.ftruncate(fd, _SIZE)
+        return cls(fd)
+
+    @classmethod
+    def attach(cls, fd: int) -> ConnectionCounters:
+        """The worker's side: map the page the supervisor passed as ``fd``."""
+        return cls(fd)
+
+    def read(self) -> CounterSnapshot:
+        cells = self.cells
+        # Closed first: a connection accepted between the two reads can only make `live` one too high, never
+        # negative.
+        closed = cells[CLOSED]
+        return CounterSnapshot(cells[ACCEPTED], closed)
+
+    def close_fd(self) -> None:
+        """Close the fd (the mapping stays); the supervisor does this once the worker has inherited it."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def close(self) -> None:
+        self.close_fd()
+        self.cells.release()
+        self._map.close()
+
+
+def local_cells() -> memoryview:
+    """Cells backed by private memory: where a protocol counts when no supervisor shares a page (tests, tools)."""
+    return memoryview(bytearray(8 * _CELLS)).cast("Q")
