@@ -129,8 +129,11 @@ def steering_costs(runs: int) -> dict[str, Any]:
     tracker = LoadTracker()
     plans = []
     for index in range(min(runs, 5000)):
-        now = index * 0.05
-        loads = [SlotLoad(slot, True, 100 + (index + slot) % 5, 3, 1, 0, 0.01 * slot) for slot in range(WORKERS)]
+        now = index * 0.002  # the fast cadence, in a burst: every slot's shared count grows
+        loads = [
+            SlotLoad(slot, True, 100, 3, 1, 0, 0.01 * slot, index + slot, index + (index + slot) % 5)
+            for slot in range(WORKERS)
+        ]
         started = time.perf_counter()
         tracker.observe(now, loads)
         tracker.plan(now, loads)
@@ -185,18 +188,22 @@ def notes(results: dict[str, Any]) -> list[str]:
     spans = [run["span_ms"] for server in servers.values() for run in server.get("burst", [])]
     ready = [run["ready_s"] for run in servers["wsup"].get("crash_early", []) + servers["wsup"].get("crash", [])]
     span_text = f"{min(spans):.0f}-{max(spans):.0f} ms" if spans else "n/a"
+    updates = [run["updates"] for run in servers["wsup"].get("burst", []) if "updates" in run]
+    updates_text = f"{min(updates)}-{max(updates)}" if updates else "n/a"
     ready_text = f"{min(ready):.1f}-{max(ready):.1f} s" if ready else "n/a"
     return [
         "How to read this:",
         "",
         "- *At once*: the kernel picks a listener at each SYN, with the program in force. The client's"
-        f" {CLIENTS} connect calls took {span_text} per burst, that is one to a few update periods (reports every"
-        " 50 ms, re-attach at most every 100 ms: the issue's bounds). Within one period every connection is an"
-        " independent random draw, so the last batch keeps its binomial noise: a single batch of 400 at equal"
-        " weights has a median max/min of 1.22 (the hash's figure too). Steering corrects between updates only,"
-        " so ≤ 1.05 is reached when a burst spans several updates, and not reliably otherwise.",
-        "- *Over 3 s*: about 13 connections arrive per update; the last report tick plus update period cannot be"
-        " corrected, which leaves a couple of connections per worker of random noise.",
+        f" {CLIENTS} connect calls took {span_text} per burst. Each worker keeps its live connection count in a"
+        " page of memory the supervisor reads (`ipc/counters.py`); the first arrival wakes the supervisor (it"
+        " watches the listeners' accept queues), and while the live total grows it rebuilds the program from"
+        f" those counts every 2 ms ({updates_text} programs per burst here). What is left at the end is the"
+        " random spread of the connections placed under the last program. With one program for the whole burst"
+        " (the kernel's hash, or wsup before the shared counts, re-attaching every 100 ms from reports that a"
+        " busy worker sends late) 400 connections at equal weights have a median max/min of 1.22.",
+        "- *Over 3 s*: every arrival after 50 ms of quiet wakes the supervisor, which places the next one from"
+        " the current counts; what remains is a connection or two of noise per worker.",
         "- *Crash*: a slot whose worker is starting gets weight 0 (a connection queued there would wait for the"
         f" import); the replacement took {ready_text} to be ready on this machine, so clients that come back"
         " sooner are placed on the survivors, and WebSockets stay where they are placed. Those that come back once"

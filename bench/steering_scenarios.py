@@ -62,8 +62,12 @@ def _summary(batch: Batch, workers: int) -> dict[str, Any]:
 
 async def burst(server: Server, clients: int) -> dict[str, Any]:
     """``clients`` WebSockets opened at once."""
+    before = await asyncio.to_thread(server.status)
     batch = await at_once(server.ws_url, clients)
+    after = await asyncio.to_thread(server.status)
     result = _summary(batch, server.workers)
+    if before is not None and after is not None:  # wsup: programs attached while the burst was placed
+        result["updates"] = after["balance"]["updates"] - before["balance"]["updates"]
     result["status_matches"] = await _status_matches(server, batch.counts())
     await _settle(server, [batch])
     return result

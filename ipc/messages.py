@@ -62,7 +62,6 @@ class Report:
     draining: bool
     dropped_reports: int  # reports this worker could not send (ZeroMQ high-water mark)
     bus: JSONObject = field(default_factory=dict)  # broadcast-bus counters, filled in by ipc.bus
-    connections_opened: int = 0  # TCP connections accepted since the worker started: the arrival rate
 
 
 @dataclass(frozen=True, slots=True)

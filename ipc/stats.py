@@ -31,7 +31,6 @@ class Counts(NamedTuple):
     requests: int
     websocket_sessions: int
     draining: bool
-    connections_opened: int = 0
 
 
 class StatsReporter:
@@ -87,7 +86,6 @@ class StatsReporter:
                 draining=counts.draining,
                 dropped_reports=self.dropped,
                 bus=self._bus_counters() if self._bus_counters is not None else {},
-                connections_opened=counts.connections_opened,
             )
         )
 

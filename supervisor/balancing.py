@@ -1,9 +1,9 @@
 """The steering policy: turn each slot's live load into the weights of the BPF program. Pure, no I/O.
 
 Weights are smooth (each eligible slot's deficit against its fair share, plus a floor), never "everything to
-the least-loaded worker": the program is only replaced every 100-250 ms, and every connection that arrives in
-between follows the same weights, so winner-takes-all would hand a whole burst to one process.
-``steering.LoadTracker`` sizes that smoothing to the measured churn and corrects the reports for their age.
+the least-loaded worker": every connection that arrives until the next program (2 ms in a burst, up to 100 ms
+otherwise) follows the same weights, so winner-takes-all would hand a whole batch to one process.
+``load_tracker.LoadTracker`` sizes that smoothing to the measured arrival rate.
 """
 
 from __future__ import annotations
@@ -50,7 +50,10 @@ class SlotLoad:
     in_flight: int  # HTTP requests in progress
     accept_queue: int = 0  # connections waiting in the slot's accept queue (tcp_info.accept_queue)
     report_age: float = 0.0  # seconds since the worker's last report (0 if unknown)
-    opened: int = 0  # connections the worker accepted since it started, as of its last report
+    # TCP connections the worker accepted since it started, read now from the memory it shares (ipc.counters);
+    # None where there is no worker.
+    accepted_now: int | None = None
+    live_now: int | None = None  # TCP connections the worker holds now (HTTP or WebSocket), from the same page
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,10 +175,12 @@ class Rollouts:
             report = worker.last_report if worker else None
             if worker is not None:
                 await worker.stop(signal.SIGUSR1, sup.config.graceful_timeout)
+            sup.arrivals.disarm()  # it watches the socket about to close, whose fd number may be reused at once
             sup.listeners.shrink(slot.index)
             sup.slots.remove(slot)
             sup.target = len(sup.slots)
             sup.steer(force=True)  # the group is smaller: rebuild the program for the remaining indices
+            sup.steer_and_watch()
             progress(
                 {
                     "event": "removed",

@@ -23,6 +23,7 @@ from ipc.endpoints import InstanceLock, InstancePaths
 from ipc.errors import StartupError, WsupError
 from ipc.messages import Failed, JSONObject, Ready, Request
 from ipc.stats import StatsReceiver
+from supervisor.arrivals import ArrivalWatch
 from supervisor.balancing import SlotLoad
 from supervisor.config import SupervisorConfig
 from supervisor.control_commands import ControlCommands
@@ -50,6 +51,7 @@ class Supervisor:
         self.stopping = False
         self.started_at = time.time()
         self.steering = Steering(config.balance)
+        self.arrivals = ArrivalWatch(self.steer_and_watch)
         self.listeners: ListenerGroup | None = None
         self.unknown_reports = 0
         self.reload_floor: int | None = None  # during a reload: the first generation that counts as replaced
@@ -93,6 +95,7 @@ class Supervisor:
             await self.stop_all_workers()
         finally:
             self.stopping = True
+            self.arrivals.disarm()
             for task in self._tasks:
                 task.cancel()
             for worker in list(self.workers.values()):
@@ -146,6 +149,7 @@ class Supervisor:
             await asyncio.gather(*(w.exited for w in list(self.workers.values())), return_exceptions=True)
             raise StartupError(f"worker {index} failed to start: {error}")
         self.steer(force=True)
+        self.steer_and_watch()
         logger.info("%d workers ready on %s (%s)", self.target, self.info["address"], self.steering.mode)
 
     async def stop_all_workers(self) -> None:
@@ -282,6 +286,7 @@ class Supervisor:
                 queued, _ = accept_queue(self.listeners.sockets[slot.index])
             except OSError:
                 queued = 0
+            counted = worker.counters.read() if worker and worker.counters else None
             loads.append(
                 SlotLoad(
                     slot=slot.index,
@@ -291,7 +296,8 @@ class Supervisor:
                     in_flight=report.in_flight if report else 0,
                     accept_queue=queued,
                     report_age=worker.report_age() if worker else 0.0,
-                    opened=report.connections_opened if report else 0,
+                    accepted_now=counted.accepted if counted else None,
+                    live_now=counted.live if counted else None,
                 )
             )
         return loads
@@ -316,14 +322,25 @@ class Supervisor:
             for s in self.slots
         )
 
-    def steer(self, *, force: bool = False) -> None:
+    def steer(self, *, force: bool = False, min_interval: float | None = None) -> None:
         if self.listeners is None or not self.slots or self.steering.mode != "least-conn":
             return
         returning = None
         if self.reload_floor is not None:
             # Clients of the draining workers will reconnect: fill each replaced worker towards its final share.
             returning = float(sum(w.last_report.websocket + w.last_report.http for w in self.retiring if w.last_report))
-        self.steering.update(self.listeners.sockets, self.slot_loads(), force=force, returning=returning)
+        self.steering.update(
+            self.listeners.sockets, self.slot_loads(), force=force, returning=returning, min_interval=min_interval
+        )
+
+    def steer_and_watch(self) -> None:
+        """Plan now, and watch for the next arrival from ``next_check`` on (see supervisor.arrivals)."""
+        if self.stopping or self.listeners is None:
+            return
+        self.steer(min_interval=0.0)
+        if self.steering.mode == "least-conn":
+            listeners = self.listeners
+            self.arrivals.arm_later(self.steering.next_check(), lambda: listeners.sockets)
 
     # --- control ------------------------------------------------------------------------------------------
     async def handle_request(self, request: Request, progress: ProgressSink) -> JSONObject:

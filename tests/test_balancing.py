@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from supervisor import load_tracker, steering
+from supervisor import load_tracker
 from supervisor.balancing import FLOOR_FRACTION, LOOKAHEAD, SlotLoad, compute_weights, spread, weights_for
 from supervisor.bpf import build_weighted_program, evaluate_program
 from supervisor.load_tracker import LoadTracker, Plan
@@ -213,93 +213,92 @@ def test_replacement_after_a_crash_catches_up() -> None:
         assert counts[3] >= 90, (seed, counts)
 
 
-# --- LoadTracker: weights from reports that arrive at different times --------------------------------------------
-def report(
-    tracker: LoadTracker, now: float, counts: Sequence[int], ages: Sequence[float], queues: Sequence[int] = ()
-) -> Plan:
-    """Feed one snapshot of the slots to ``tracker`` and return its plan."""
-    loads = [
-        SlotLoad(slot, True, count, 0, 0, queues[slot] if queues else 0, age)
-        for slot, (count, age) in enumerate(zip(counts, ages, strict=True))
-    ]
+# --- LoadTracker: weights from the counts each worker shares ------------------------------------------------------
+def shared(
+    slot: int, live: int, accepted: int | None = None, *, queue: int = 0, age: float = 0.02, eligible: bool = True
+) -> SlotLoad:
+    """One slot as the supervisor sees it: its worker's shared counts (``accepted`` defaults to ``live``)."""
+    accepted = live if accepted is None else accepted
+    return SlotLoad(slot, eligible, live, 0, 0, queue, age, accepted, live)
+
+
+def step(tracker: LoadTracker, now: float, loads: Sequence[SlotLoad]) -> Plan:
     tracker.observe(now, loads)
     return tracker.plan(now, loads)
 
 
-def calm(tracker: LoadTracker, counts: Sequence[int], until: float, start: float = 0.0) -> None:
-    """Every slot reports ``counts`` every 50 ms, at staggered instants, from ``start`` to ``until``."""
-    now = start
-    while now < until:
-        for slot in range(len(counts)):
-            ages = [((slot - other) % len(counts)) * 0.0125 for other in range(len(counts))]
-            plan = report(tracker, now + slot * 0.0125, counts, ages)
-            tracker.attached(now + slot * 0.0125, plan.weights)
-        now += 0.05
-
-
 def test_tracker_gives_equal_loads_equal_weights() -> None:
     tracker = LoadTracker()
-    calm(tracker, [40, 40, 40, 40], until=1.0)
-    plan = report(tracker, 1.0, [40, 40, 40, 40], [0.01, 0.02, 0.03, 0.04])
+    plan = step(tracker, 1.0, [shared(slot, 40) for slot in range(4)])
     assert max(plan.weights) - min(plan.weights) <= 1
-    assert plan.stalled == [] and plan.lookahead == LOOKAHEAD
+    assert plan.stalled == [] and plan.lookahead == LOOKAHEAD and not plan.fast
 
 
 def test_replacement_worker_gets_most_of_the_weight() -> None:
     tracker = LoadTracker()
-    calm(tracker, [100, 100, 100, 0], until=1.0)
-    plan = report(tracker, 1.0, [100, 100, 100, 0], [0.01, 0.02, 0.03, 0.04])
+    plan = step(tracker, 1.0, [shared(0, 100), shared(1, 100), shared(2, 100), shared(3, 0)])
     assert plan.weights[3] >= 0.9 * sum(plan.weights)
 
 
-def test_a_fresh_report_in_a_burst_does_not_starve_its_slot() -> None:
-    # A burst has begun: slot 1 just reported 30 new connections, the others have not reported since it began.
-    # Compared as they stand, slot 1 would look 30 connections busier and lose most of the rest of the burst.
+def test_shared_counts_and_the_accept_queue_are_the_load_not_the_report() -> None:
+    # The reports say 0 (the workers are too busy to send them); the shared counts and the queue say otherwise.
+    loads = [SlotLoad(slot, True, 0, 0, 0, 5 if slot == 1 else 0, 0.3, 30, 30) for slot in range(3)]
+    loads.append(SlotLoad(3, True, 0, 0, 0, 0, 0.3, 0, 0))
+    plan = step(LoadTracker(), 1.0, loads)
+    assert plan.estimates == [30, 35, 30, 0]
+    assert plan.weights[3] >= 0.9 * sum(plan.weights)
+
+
+def test_without_shared_counts_the_report_is_the_load() -> None:
+    plan = step(LoadTracker(), 1.0, [SlotLoad(0, True, 10, 5, 0, 1), SlotLoad(1, True, 0, 0, 0)])
+    assert plan.estimates == [16, 0]
+
+
+def test_a_burst_speeds_updates_up_and_widens_nothing_it_should_not() -> None:
     tracker = LoadTracker()
-    calm(tracker, [0, 0, 0, 0], until=1.0)
-    plan = report(tracker, 1.0, [0, 30, 0, 0], [0.035, 0.0, 0.045, 0.04])
-    assert min(plan.weights) >= 0.8 * max(plan.weights), plan
-    assert plan.arrivals_per_s > 1000 and plan.lookahead > 100
+    step(tracker, 1.0, [shared(slot, 0) for slot in range(4)])
+    plan = step(tracker, 1.02, [shared(slot, 10) for slot in range(4)])  # 40 new connections in 20 ms
+    assert plan.fast and plan.arrivals_per_s == pytest.approx(2000)
+    # The lookahead covers what arrives before the next (fast) update: 2000/s x 5 ms / 4 slots, at least LOOKAHEAD.
+    assert plan.lookahead == pytest.approx(max(LOOKAHEAD, 2000 * load_tracker.FAST_HORIZON_S / 4))
+    # Once nothing grows for FAST_HOLD_S, updates slow down again, and the rates fade.
+    calm = step(tracker, 1.02 + load_tracker.FAST_HOLD_S + 0.05, [shared(slot, 10) for slot in range(4)])
+    assert not calm.fast and calm.arrivals_per_s < plan.arrivals_per_s
+    later = step(tracker, 5.0, [shared(slot, 10) for slot in range(4)])
+    assert later.arrivals_per_s < 1 and later.lookahead == LOOKAHEAD
 
 
-def test_a_mass_disconnect_in_progress_keeps_weights_mild() -> None:
-    # Slot 3 has processed its clients' closes, the others not yet: soon they will all be near 0.
+def test_a_stream_of_short_connections_does_not_need_fast_updates() -> None:
+    # One connection per request: thousands arrive, as many leave, the live counts stay flat.
     tracker = LoadTracker()
-    calm(tracker, [100, 100, 100, 100], until=1.0)
-    plan = report(tracker, 1.0, [100, 100, 100, 10], [0.03, 0.04, 0.045, 0.0])
-    assert max(plan.weights) <= 0.3 * sum(plan.weights), plan
-    plan = report(tracker, 1.05, [100, 100, 100, 10], [0.0, 0.01, 0.02, 0.005])
-    assert max(plan.weights) <= 0.35 * sum(plan.weights), plan
+    now, accepted = 1.0, 0
+    for _ in range(20):
+        plan = step(tracker, now, [shared(slot, 30, accepted) for slot in range(2)])
+        now, accepted = now + 0.05, accepted + 200
+    assert not plan.fast and plan.arrivals_per_s == pytest.approx(8000)
+    assert plan.churn_per_s == pytest.approx(16000)
+    # Its lookahead is wide (it holds for a slow update), so the weights stay close to even.
+    plan = step(tracker, now, [shared(0, 24, accepted), shared(1, 36, accepted)])
+    assert min(plan.weights) >= 0.45 * sum(plan.weights)
 
 
-def test_rates_fade_after_a_burst() -> None:
+def test_a_new_worker_on_a_slot_counts_from_zero() -> None:
     tracker = LoadTracker()
-    calm(tracker, [0, 0, 0, 0], until=1.0)
-    burst = report(tracker, 1.0, [0, 30, 0, 0], [0.035, 0.0, 0.045, 0.04])
-    calm(tracker, [30, 30, 30, 30], until=4.0, start=1.05)
-    later = report(tracker, 4.0, [30, 30, 30, 30], [0.01, 0.02, 0.03, 0.04])
-    assert later.churn_per_s < burst.churn_per_s / 100 and later.lookahead == LOOKAHEAD
-
-
-def test_arrivals_are_predicted_from_the_program_in_force() -> None:
-    tracker = LoadTracker()
-    calm(tracker, [0, 0, 0, 0], until=1.0)
-    report(tracker, 1.0, [0, 40, 0, 0], [0.049, 0.0, 0.049, 0.049])  # a burst: ~3,000 connections/s
-    tracker.attached(1.0, [10_000, 0, 0, 0])  # everything to slot 0 since
-    plan = report(tracker, 1.04, [0, 40, 0, 0], [0.089, 0.04, 0.089, 0.089])
-    estimates = [estimate or 0.0 for estimate in plan.estimates]
-    assert estimates[0] > estimates[2] + 20 and estimates[2] == estimates[3]
+    step(tracker, 1.0, [shared(0, 50, 5000), shared(1, 50, 5000)])
+    plan = step(tracker, 1.05, [shared(0, 50, 5000), shared(1, 0, 0)])  # slot 1 replaced
+    assert plan.arrivals_per_s == 0 and plan.weights[1] >= 0.9 * sum(plan.weights)
 
 
 def test_a_silent_worker_with_waiting_connections_is_left_out() -> None:
     tracker = LoadTracker()
-    calm(tracker, [10, 10, 10, 10], until=1.0)
-    plan = report(tracker, 1.0, [10, 10, 10, 10], [0.3, 0.02, 0.05, 0.08], queues=[3, 0, 0, 0])
+    step(tracker, 0.5, [shared(slot, 10) for slot in range(4)])
+    loads = [shared(0, 10, queue=3, age=0.3), shared(1, 10, age=0.02), shared(2, 10, age=0.05), shared(3, 10, age=0.08)]
+    plan = step(tracker, 1.0, loads)
     assert plan.stalled == [0] and plan.weights[0] == 0 and min(plan.weights[1:]) > 0
     # Nobody waits on it: not yet (a busy loop that accepts nothing harms nobody)...
-    assert report(tracker, 1.0, [10, 10, 10, 10], [0.3, 0.02, 0.05, 0.08]).stalled == []
+    assert tracker.stalled(1.0, [shared(0, 10, age=0.3), *loads[1:]]) == []
     # ...but silent for over a second, it is left out anyway.
-    assert report(tracker, 1.0, [10, 10, 10, 10], [1.2, 0.02, 0.05, 0.08]).stalled == [0]
+    assert tracker.stalled(1.0, [shared(0, 10, age=1.2), *loads[1:]]) == [0]
 
 
 def test_workers_that_are_all_behind_are_busy_not_stalled() -> None:
@@ -316,37 +315,27 @@ def test_workers_that_are_all_behind_are_busy_not_stalled() -> None:
     assert tracker.stalled(0.0, loads) == []
 
 
-def test_a_resized_group_starts_over() -> None:
-    tracker = LoadTracker()
-    calm(tracker, [10, 10, 10, 10], until=0.5)
-    plan = report(tracker, 0.5, [10, 10, 10], [0.0, 0.0, 0.0])
-    assert len(plan.weights) == 3 and max(plan.weights) - min(plan.weights) <= 1
-
-
 def test_a_worker_that_just_took_a_burst_may_lag_more() -> None:
     # Handshaking 100 new connections keeps a loop busy for a while: 0.3 s late then is load, not a stall.
-    late = [SlotLoad(0, True, 0, 100, 0, 6, 0.35), *(SlotLoad(slot, True, 0, 100, 0, 0, 0.05) for slot in (1, 2, 3))]
+    late = [shared(0, 100, queue=6, age=0.35), *(shared(slot, 100, age=0.05) for slot in (1, 2, 3))]
     tracker = LoadTracker()
-    calm(tracker, [100, 100, 100, 100], until=1.0)
-    assert tracker.stalled(1.0, late) == [0]  # it has held its 100 for a while
+    step(tracker, 0.2, late)  # it has held its 100 for a while
+    assert tracker.stalled(1.0, late) == [0]
     tracker = LoadTracker()
-    calm(tracker, [0, 0, 0, 0], until=0.7)
-    calm(tracker, [100, 100, 100, 100], until=1.0, start=0.7)
+    step(tracker, 0.7, [shared(slot, 0) for slot in range(4)])
+    tracker.observe(1.0, late)  # it took them just now
     assert tracker.stalled(1.0, late) == []
 
 
-def test_a_drop_counts_once_it_has_lasted() -> None:
-    # One worker's clients all left: while the others may still be reporting their own closes, it is not
-    # refilled at once; once the drop has lasted, it is.
+def test_a_worker_accepting_from_its_queue_is_not_stalled() -> None:
     tracker = LoadTracker()
-    calm(tracker, [100, 100, 100, 100], until=1.0)
-    calm(tracker, [100, 100, 100, 0], until=1.1, start=1.0)
-    first = report(tracker, 1.1, [100, 100, 100, 0], [0.01, 0.02, 0.03, 0.04])
-    assert max(first.weights) <= 0.3 * sum(first.weights), first
-    calm(tracker, [100, 100, 100, 0], until=2.0, start=1.1)
-    later = report(tracker, 2.0, [100, 100, 100, 0], [0.01, 0.02, 0.03, 0.04])
-    assert later.weights[3] >= 0.9 * sum(later.weights), later
+    step(tracker, 0.9, [shared(0, 10, queue=9, age=0.25), *(shared(slot, 10) for slot in (1, 2, 3))])
+    loads = [shared(0, 12, queue=7, age=0.35), *(shared(slot, 10) for slot in (1, 2, 3))]
+    assert step(tracker, 1.0, loads).stalled == []
 
 
-def test_the_tracker_plans_for_the_steering_interval() -> None:
-    assert load_tracker.HORIZON_S == steering.MIN_INTERVAL_S
+def test_a_resized_group_starts_over() -> None:
+    tracker = LoadTracker()
+    step(tracker, 0.5, [shared(slot, 10) for slot in range(4)])
+    plan = step(tracker, 0.55, [shared(slot, 10) for slot in range(3)])
+    assert len(plan.weights) == 3 and max(plan.weights) - min(plan.weights) <= 1
