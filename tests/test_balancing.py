@@ -213,6 +213,15 @@ def test_replacement_after_a_crash_catches_up() -> None:
         assert counts[3] >= 90, (seed, counts)
 
 
+def test_a_refill_towards_the_final_share_does_not_leak_to_full_slots() -> None:
+    # A reload: two replaced workers, one at its final share of 100, one filling; 6 clients still to come back.
+    weights = weights_for([100.0, 94.0, None, None], lookahead=4.0, floor_fraction=0.0, min_fair_share=100.0)
+    assert weights == [0, 10_000, 0, 0]
+    # Without returning load, the lookahead spreads the next batch over both, as for any burst.
+    spread_out = weights_for([100.0, 94.0, None, None], lookahead=4.0, floor_fraction=0.0)
+    assert 0 < spread_out[0] < spread_out[1]
+
+
 # --- LoadTracker: weights from the counts each worker shares ------------------------------------------------------
 def shared(
     slot: int, live: int, accepted: int | None = None, *, queue: int = 0, age: float = 0.02, eligible: bool = True
