@@ -328,7 +328,9 @@ class Supervisor:
         returning = None
         if self.reload_floor is not None:
             # Clients of the draining workers will reconnect: fill each replaced worker towards its final share.
-            returning = float(sum(w.last_report.websocket + w.last_report.http for w in self.retiring if w.last_report))
+            # Their shared counts, like the slots' own: a report lags, and a client that has already come back
+            # would count twice, lifting the share of every slot (traced: the last slot ended ~4 short of 100).
+            returning = float(sum(_live_connections(w) for w in self.retiring))
         self.steering.update(
             self.listeners.sockets, self.slot_loads(), force=force, returning=returning, min_interval=min_interval
         )
@@ -345,3 +347,10 @@ class Supervisor:
     # --- control ------------------------------------------------------------------------------------------
     async def handle_request(self, request: Request, progress: ProgressSink) -> JSONObject:
         return await self.commands.handle(request, progress)
+
+
+def _live_connections(worker: WorkerProcess) -> int:
+    if worker.counters is not None:
+        return worker.counters.read().live
+    report = worker.last_report
+    return report.websocket + report.http if report else 0
