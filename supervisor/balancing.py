@@ -27,7 +27,7 @@ IN_FLIGHT_COST = 0.25
 # computed as if they had already arrived, which caps the gain of the feedback loop: with deficit weights, an
 # imbalance shrinks by a factor (1 - arrivals / lookahead) per update, so a lookahead below the real arrivals
 # overshoots, and one below half of them oscillates and grows (measured with a fixed lookahead of 4 and 400
-# clients in 0.1 s: max/min 1.8-42). LoadTracker raises it with the measured churn; this is the idle value.
+# clients in 0.1 s: max/min 1.8-42). LoadTracker raises it with the measured arrival rate; this is the idle value.
 LOOKAHEAD = 4.0
 # The share of the total weight spread evenly over the eligible slots whatever their load, so no eligible worker
 # ever starves. Small, because it leaks: a slot already at its share still takes its floor of every batch. At 4%

@@ -27,7 +27,7 @@ logger = logging.getLogger("wsup.steering")
 # (Plan.fast), every new one is a random draw from the program in force, so what is left at the end of a burst is
 # the random spread of the connections placed under the last program: the program is rebuilt from the shared
 # counts every FAST_INTERVAL_S. Measured, 400 WebSockets at once: max/min 1.24 (median of 8) with a 100 ms interval,
-# as random as the kernel's hash, and 1.03 at 2 ms (~90 programs per burst, ~40 µs each).
+# as random as the kernel's hash, and 1.03-1.04 at 2 ms (13-38 programs per burst, ~20-40 µs each).
 MIN_INTERVAL_S = 0.1
 FAST_INTERVAL_S = 0.002
 # With no burst going on, the first arrival after this long is checked at once: a burst is seen from its start.

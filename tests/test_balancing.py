@@ -291,6 +291,15 @@ def test_a_stream_of_short_connections_does_not_need_fast_updates() -> None:
     assert min(plan.weights) >= 0.45 * sum(plan.weights)
 
 
+def test_a_keep_alive_pool_gets_mild_weights_while_calm() -> None:
+    # 64 keep-alive connections placed [8, 56]: the pool may close and reconnect at once, unseen until it has,
+    # so the program in force must not send it all to slot 0 ([8, 56] once gave 99.5%/0.5%).
+    loads = [SlotLoad(0, True, 0, 8, 0, 0, 0.02, 8, 8), SlotLoad(1, True, 0, 56, 0, 0, 0.02, 56, 56)]
+    plan = step(LoadTracker(), 1.0, loads)
+    assert not plan.fast and plan.lookahead == pytest.approx(load_tracker.HTTP_LOOKAHEAD * 32)
+    assert 0.25 * sum(plan.weights) <= plan.weights[1] < plan.weights[0]
+
+
 def test_a_new_worker_on_a_slot_counts_from_zero() -> None:
     tracker = LoadTracker()
     step(tracker, 1.0, [shared(0, 50, 5000), shared(1, 50, 5000)])
