@@ -225,5 +225,4 @@ class Rollouts:
 
 
 def _live_connections(slot: Slot) -> int:
-    report = slot.worker.last_report if slot.worker is not None else None
-    return report.websocket + report.http if report is not None else 0
+    return slot.worker.live_connections() if slot.worker is not None else 0

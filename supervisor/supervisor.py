@@ -24,14 +24,13 @@ from ipc.errors import StartupError, WsupError
 from ipc.messages import Failed, JSONObject, Ready, Request
 from ipc.stats import StatsReceiver
 from supervisor.arrivals import ArrivalWatch
-from supervisor.balancing import SlotLoad
 from supervisor.config import SupervisorConfig
 from supervisor.control_commands import ControlCommands
 from supervisor.listeners import ListenerGroup, resolve
 from supervisor.rollout import Rollouts
+from supervisor.slot_loads import slot_loads
 from supervisor.slots import Slot
 from supervisor.steering import Steering
-from supervisor.tcp_info import accept_queue
 from supervisor.worker_process import WorkerProcess, WorkerStartError, WorkerState
 from supervisor.worker_spec import WorkerSpec
 
@@ -274,54 +273,6 @@ class Supervisor:
         self.steer()
 
     # --- steering -----------------------------------------------------------------------------------------
-    def slot_loads(self) -> list[SlotLoad]:
-        assert self.listeners is not None
-        loads = []
-        replaced_ready = self.replaced_ready()  # once per update, not once per slot
-        for slot in self.slots:
-            worker = slot.worker
-            report = worker.last_report if worker else None
-            eligible = self.takes_new_connections(slot, replaced_ready)
-            try:
-                queued, _ = accept_queue(self.listeners.sockets[slot.index])
-            except OSError:
-                queued = 0
-            counted = worker.counters.read() if worker and worker.counters else None
-            loads.append(
-                SlotLoad(
-                    slot=slot.index,
-                    eligible=eligible,
-                    websocket=report.websocket if report else 0,
-                    http=report.http if report else 0,
-                    in_flight=report.in_flight if report else 0,
-                    accept_queue=queued,
-                    report_age=worker.report_age() if worker else 0.0,
-                    accepted_now=counted.accepted if counted else None,
-                    live_now=counted.live if counted else None,
-                )
-            )
-        return loads
-
-    def takes_new_connections(self, slot: Slot, replaced_ready: bool) -> bool:
-        """Whether steering may send new connections to ``slot``'s worker (weight > 0)."""
-        worker = slot.worker
-        if worker is None or worker.state is not WorkerState.READY or slot.retiring:
-            return False
-        if worker.report_age() >= self.config.stall_after:
-            return False  # its event loop is silent: connections would wait in its accept queue
-        floor = self.reload_floor
-        # During a reload, only workers already replaced take new connections (once one is ready), so a client
-        # that reconnects is never sent to a worker that will be restarted next: one disconnect per reload.
-        return floor is None or worker.generation >= floor or not replaced_ready
-
-    def replaced_ready(self) -> bool:
-        """During a reload: whether some already-replaced worker is ready to take the reconnecting clients."""
-        floor = self.reload_floor
-        return floor is not None and any(
-            s.worker is not None and s.worker.generation >= floor and s.worker.state is WorkerState.READY
-            for s in self.slots
-        )
-
     def steer(self, *, force: bool = False, min_interval: float | None = None) -> None:
         if self.listeners is None or not self.slots or self.steering.mode != "least-conn":
             return
@@ -330,9 +281,9 @@ class Supervisor:
             # Clients of the draining workers will reconnect: fill each replaced worker towards its final share.
             # Their shared counts, like the slots' own: a report lags, and a client that has already come back
             # would count twice, lifting the share of every slot (traced: the last slot ended ~4 short of 100).
-            returning = float(sum(_live_connections(w) for w in self.retiring))
+            returning = float(sum(w.live_connections() for w in self.retiring))
         self.steering.update(
-            self.listeners.sockets, self.slot_loads(), force=force, returning=returning, min_interval=min_interval
+            self.listeners.sockets, slot_loads(self), force=force, returning=returning, min_interval=min_interval
         )
 
     def steer_and_watch(self) -> None:
@@ -347,10 +298,3 @@ class Supervisor:
     # --- control ------------------------------------------------------------------------------------------
     async def handle_request(self, request: Request, progress: ProgressSink) -> JSONObject:
         return await self.commands.handle(request, progress)
-
-
-def _live_connections(worker: WorkerProcess) -> int:
-    if worker.counters is not None:
-        return worker.counters.read().live
-    report = worker.last_report
-    return report.websocket + report.http if report else 0

@@ -231,5 +231,12 @@ class WorkerProcess:
             tail = " | ".join(list(self.stderr_tail)[-3:])
             raise WorkerStartError(f"not ready within {timeout:g}s" + (f": {tail}" if tail else "")) from None
 
+    def live_connections(self) -> int:
+        """Connections it holds now: from the shared counts (exact, current), else its last report."""
+        if self.counters is not None:
+            return self.counters.read().live
+        report = self.last_report
+        return report.websocket + report.http if report else 0
+
     def report_age(self) -> float:
         return time.monotonic() - self.last_seen
