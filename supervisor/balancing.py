@@ -12,16 +12,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# What one unit of each kind of load costs, in connections. Every connection the kernel placed on a slot counts
-# the same whatever stage it is in (queued, HTTP, upgraded to a WebSocket): during a burst most new WebSockets
-# sit in the HTTP stage for a while (a trace of 400 at once caught one worker with 163 of them), and at a quarter
-# of the cost the busiest worker looked the least loaded and drew more of the burst. Equal costs also mean that
-# a connection moving from one stage to the next is not mistaken for an arrival and a departure.
-WEBSOCKET_COST = 1.0
-HTTP_COST = 1.0
-ACCEPT_QUEUE_COST = 1.0
-# A request in flight is work on top of its connection. Kept small: WebSocket app tasks that outlive their
-# connection for a moment are reported as in flight too, and a transient must not starve a slot.
+# Every connection the kernel placed on a slot counts as one, whatever stage it is in (queued, HTTP, upgraded to a
+# WebSocket): during a burst most new WebSockets sit in the HTTP stage for a while (a trace of 400 at once caught
+# one worker with 163 of them), and when they counted for less the busiest worker looked the least loaded and drew
+# more of the burst. Equal weight also means a connection moving from one stage to the next is neither an arrival
+# nor a departure. A request in flight is work on top of its connection. Kept small: WebSocket app tasks that
+# outlive their connection for a moment are reported as in flight too, and a transient must not starve a slot.
 IN_FLIGHT_COST = 0.25
 # Connections each eligible slot is expected to receive before the next update, at least. The fair share is
 # computed as if they had already arrived, which caps the gain of the feedback loop: with deficit weights, an
@@ -58,44 +54,33 @@ class SlotLoad:
     live_now: int | None = None  # TCP connections the worker holds now (HTTP or WebSocket), from the same page
 
 
-@dataclass(frozen=True, slots=True)
-class Costs:
-    websocket: float = WEBSOCKET_COST
-    http: float = HTTP_COST
-    in_flight: float = IN_FLIGHT_COST
-    accept_queue: float = ACCEPT_QUEUE_COST
+def connections(load: SlotLoad) -> float:
+    """The slot's connections now: its worker's shared count if it has one, else its last report's; plus its queue."""
+    if load.live_now is not None:
+        return load.live_now + load.accept_queue
+    return load.websocket + load.http + load.accept_queue
 
-    def reported(self, load: SlotLoad) -> float:
-        """The load the worker's own report shows (without the kernel's accept queue)."""
-        return load.websocket * self.websocket + load.http * self.http + load.in_flight * self.in_flight
 
-    def total(self, load: SlotLoad) -> float:
-        return self.reported(load) + load.accept_queue * self.accept_queue
+def estimated_load(load: SlotLoad) -> float:
+    """What steering balances: the slot's connections, and a little for each request in flight."""
+    return connections(load) + load.in_flight * IN_FLIGHT_COST
 
 
 def compute_weights(
     loads: Sequence[SlotLoad],
     *,
     total_weight: int = TOTAL_WEIGHT,
-    websocket_cost: float = WEBSOCKET_COST,
-    http_cost: float = HTTP_COST,
-    in_flight_cost: float = IN_FLIGHT_COST,
-    accept_queue_cost: float = ACCEPT_QUEUE_COST,
     lookahead: float = LOOKAHEAD,
     floor_fraction: float = FLOOR_FRACTION,
 ) -> list[int]:
     """Return one integer weight per slot, in slot order, summing to ``total_weight``.
 
     Ineligible slots get 0 (all slots do if none is eligible). Each eligible slot gets ``floor_fraction /
-    eligible`` of the total, and the rest is shared in proportion to how far the slot is below the fair share.
-    Equal loads get equal weights (to within the 1 unit that integer rounding needs), and more load never gets
-    more weight.
+    eligible`` of the total, and the rest is shared in proportion to how far the slot's ``estimated_load`` is
+    below the fair share. Equal loads get equal weights (to within the 1 unit that integer rounding needs), and
+    more load never gets more weight.
     """
-    ordered = validated(loads)
-    costs = Costs(websocket_cost, http_cost, in_flight_cost, accept_queue_cost)
-    if any(not cost >= 0 for cost in (websocket_cost, http_cost, in_flight_cost, accept_queue_cost)):
-        raise ValueError(f"load costs must be >= 0, got {[websocket_cost, http_cost, in_flight_cost]}")
-    estimates = [costs.total(load) if load.eligible else None for load in ordered]
+    estimates = [estimated_load(load) if load.eligible else None for load in validated(loads)]
     return weights_for(estimates, lookahead=lookahead, floor_fraction=floor_fraction, total_weight=total_weight)
 
 

@@ -18,7 +18,15 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from supervisor.balancing import FLOOR_FRACTION, LOOKAHEAD, Costs, SlotLoad, validated, weights_for
+from supervisor.balancing import (
+    FLOOR_FRACTION,
+    LOOKAHEAD,
+    SlotLoad,
+    connections,
+    estimated_load,
+    validated,
+    weights_for,
+)
 
 # A worker reports at least every heartbeat (0.1 s) from its event loop. One silent for this much longer than
 # its peers, with connections waiting in its accept queue, has a blocked loop: weight 0 until it reports again.
@@ -69,8 +77,7 @@ class Plan:
 class LoadTracker:
     """Turns each slot's current counts into weights, sized to how fast connections arrive."""
 
-    def __init__(self, costs: Costs | None = None, *, floor_fraction: float = FLOOR_FRACTION) -> None:
-        self.costs = costs or Costs()
+    def __init__(self, *, floor_fraction: float = FLOOR_FRACTION) -> None:
         self.floor_fraction = floor_fraction
         # Per slot: (time, connections placed on it so far: accepted by its worker + waiting in its queue).
         self._placed: list[collections.deque[tuple[float, int]]] = []
@@ -104,7 +111,7 @@ class LoadTracker:
 
     def _measure(self, now: float, loads: Sequence[SlotLoad]) -> None:
         placed = [history[-1][1] if history else 0 for history in self._placed]
-        live = sum(self.connections(load) for load in loads if load.eligible)
+        live = sum(connections(load) for load in loads if load.eligible)
         if self._reference is None:
             self._reference = (now, placed, live)
             return
@@ -120,12 +127,6 @@ class LoadTracker:
         if growth >= max(FAST_MIN_GROWTH, FAST_GROWTH_SHARE * arrived):
             self._growing_at = now
         self._reference = (now, placed, live)
-
-    def connections(self, load: SlotLoad) -> float:
-        """The slot's connections now: its worker's shared count if it has one, else its last report's."""
-        if load.live_now is not None:
-            return load.live_now + load.accept_queue
-        return load.websocket + load.http + load.accept_queue
 
     def stalled(self, now: float, loads: Sequence[SlotLoad]) -> list[int]:
         """Eligible slots whose worker went silent while its peers did not: its event loop is blocked."""
@@ -157,7 +158,7 @@ class LoadTracker:
         estimates: list[float | None] = [None] * len(ordered)
         for load in ordered:
             if load.eligible and load.slot not in stalled:
-                estimates[load.slot] = self.connections(load) + load.in_flight * self.costs.in_flight
+                estimates[load.slot] = estimated_load(load)
         live = sum(1 for estimate in estimates if estimate is not None)
         fast = now - self._growing_at <= FAST_HOLD_S
         arrivals = self._rate(self._arrivals, now)
@@ -177,7 +178,7 @@ class LoadTracker:
             lookahead = max(LOOKAHEAD, expected)
         min_fair_share = 0.0
         if returning is not None and ordered:
-            min_fair_share = (sum(self.connections(load) for load in ordered) + returning) / len(ordered)
+            min_fair_share = (sum(connections(load) for load in ordered) + returning) / len(ordered)
         weights = weights_for(
             estimates, lookahead=lookahead, floor_fraction=self.floor_fraction, min_fair_share=min_fair_share
         )

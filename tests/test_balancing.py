@@ -138,8 +138,6 @@ def test_bad_knobs_are_rejected() -> None:
         compute_weights(websockets(1), floor_fraction=1.5)
     with pytest.raises(ValueError, match="lookahead"):
         compute_weights(websockets(1), lookahead=math.nan)
-    with pytest.raises(ValueError, match="costs"):
-        compute_weights(websockets(1), http_cost=-1)
 
 
 def test_weights_for_estimates() -> None:
