@@ -179,8 +179,7 @@ class Rollouts:
             sup.listeners.shrink(slot.index)
             sup.slots.remove(slot)
             sup.target = len(sup.slots)
-            sup.steer(force=True)  # the group is smaller: rebuild the program for the remaining indices
-            sup.steer_and_watch()
+            sup.steer_and_watch(force=True)  # the group is smaller: rebuild the program for the remaining indices
             progress(
                 {
                     "event": "removed",

@@ -50,7 +50,7 @@ class Supervisor:
         self.stopping = False
         self.started_at = time.time()
         self.steering = Steering(config.balance)
-        self.arrivals = ArrivalWatch(self.steer_and_watch)
+        self.arrivals = ArrivalWatch(lambda: self.steer_and_watch())
         self.listeners: ListenerGroup | None = None
         self.unknown_reports = 0
         self.reload_floor: int | None = None  # during a reload: the first generation that counts as replaced
@@ -147,8 +147,7 @@ class Supervisor:
                 worker.kill_tree()
             await asyncio.gather(*(w.exited for w in list(self.workers.values())), return_exceptions=True)
             raise StartupError(f"worker {index} failed to start: {error}")
-        self.steer(force=True)
-        self.steer_and_watch()
+        self.steer_and_watch(force=True)
         logger.info("%d workers ready on %s (%s)", self.target, self.info["address"], self.steering.mode)
 
     async def stop_all_workers(self) -> None:
@@ -286,11 +285,11 @@ class Supervisor:
             self.listeners.sockets, slot_loads(self), force=force, returning=returning, min_interval=min_interval
         )
 
-    def steer_and_watch(self) -> None:
+    def steer_and_watch(self, *, force: bool = False) -> None:
         """Plan now, and watch for the next arrival from ``next_check`` on (see supervisor.arrivals)."""
         if self.stopping or self.listeners is None:
             return
-        self.steer(min_interval=0.0)
+        self.steer(force=force, min_interval=0.0)
         if self.steering.mode == "least-conn":
             listeners = self.listeners
             self.arrivals.arm_later(self.steering.next_check(), lambda: listeners.sockets)
