@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
 
 from supervisor.arrivals import ArrivalWatch
+from tests.wsup_harness import eventually
 
 
 def _listener() -> socket.socket:
@@ -21,15 +21,6 @@ def _listener() -> socket.socket:
 QUIET_S = 0.05
 
 
-async def _wait(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while asyncio.get_running_loop().time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.005)
-    return False
-
-
 def test_the_watch_fires_once_per_arming_and_never_accepts() -> None:
     async def scenario() -> None:
         listeners = [_listener(), _listener()]
@@ -39,7 +30,7 @@ def test_the_watch_fires_once_per_arming_and_never_accepts() -> None:
         try:
             watch.arm(listeners)
             clients.append(socket.create_connection(listeners[1].getsockname()))
-            assert await _wait(lambda: len(fired) == 1)
+            await eventually(lambda: len(fired) == 1, "the first arrival to wake the watch", timeout=5.0)
             clients.append(socket.create_connection(listeners[0].getsockname()))
             await asyncio.sleep(QUIET_S)  # nothing more may fire: the watch is off until armed again
             assert len(fired) == 1
@@ -49,7 +40,7 @@ def test_the_watch_fires_once_per_arming_and_never_accepts() -> None:
                 accepted.close()
             watch.arm_later(0.01, lambda: listeners)
             clients.append(socket.create_connection(listeners[0].getsockname()))
-            assert await _wait(lambda: len(fired) == 2)
+            await eventually(lambda: len(fired) == 2, "the re-armed watch to fire", timeout=5.0)
             watch.arm(listeners)
             watch.disarm()  # before a listener closes: nothing fires after
             clients.append(socket.create_connection(listeners[1].getsockname()))

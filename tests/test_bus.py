@@ -24,7 +24,7 @@ import psutil
 import zmq
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.wsup_harness import APPS_DIR, Instance, wait_until
+from tests.wsup_harness import APPS_DIR, Instance, eventually, wait_until
 
 BUS_APP = ("bus_app:asgi", "--app-dir", str(APPS_DIR))
 REPLIES = {"joined", "left", "published", "error", "ready"}
@@ -90,16 +90,6 @@ async def clients_on_every_worker(url: str, workers: int, at_least: int) -> list
 
 async def close_clients(clients: list[Client]) -> None:
     await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
-
-
-async def eventually(
-    predicate: Callable[[], object], what: str, timeout: float = 20.0, detail: Callable[[], object] = str
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}: {detail()}")
-        await asyncio.sleep(0.02)
 
 
 def bus_totals(wsup: Instance) -> dict[str, int]:

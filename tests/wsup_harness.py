@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -52,6 +53,17 @@ def wait_until(predicate: Callable[[], T | None], timeout: float = 15.0, interva
                 f"timed out after {timeout}s waiting for {what or predicate}; last error: {last_error}"
             )
         time.sleep(interval)
+
+
+async def eventually(
+    predicate: Callable[[], object], what: str, timeout: float = 20.0, detail: Callable[[], object] = str
+) -> None:
+    """``wait_until`` for coroutines: poll ``predicate`` without blocking the event loop the clients run on."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}: {detail()}")
+        await asyncio.sleep(0.02)
 
 
 def run_cli(
