@@ -39,22 +39,23 @@ from typing import TypeVar
 import orjson
 from reload_report import (
     MODES,
+    PACKAGES,
     SERVERS,
     SPREAD_TARGET,
     Context,
     HttpRun,
     ServerResult,
-    loadavg,
     machine,
     now_utc,
     render,
     to_json,
-    versions,
     write_section,
 )
 from reload_servers import REPO, Server, ServerError, ServerSpec, build_specs
-from reload_wrk import WrkError, WrkRun, display_argv, find_wrk, wrk_argv, wrk_version
+from reload_wrk import WrkRun, display_argv, wrk_argv
 from reload_ws import run_websocket_reload
+from throughput_system import loadavg, package_versions
+from wrk_output import WrkError, find_wrk, wrk_version
 
 WORKERS = 4
 WARMUP_S = 1.0  # wrk runs this long before the first reload
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         wrk=wrk_version(wrk),
         started=now_utc(),
         machine=machine(REPO),
-        versions=versions(),
+        versions=package_versions(PACKAGES),
         load_before=loadavg(),
         log_dir=tempfile.mkdtemp(prefix="wsup-rb-logs-", dir="/tmp"),
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
-import importlib.metadata
 import os
 import platform
 import statistics
@@ -19,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from reload_servers import Reload
-from reload_wrk import WrkResult
 from reload_ws import WsResult
 from throughput_system import cpu_model
+from wrk_output import WrkSummary
 
 START, END = "<!-- reload:start -->", "<!-- reload:end -->"
 SERVERS = ("wsup", "uvicorn", "gunicorn")
@@ -34,8 +33,8 @@ SPREAD_TARGET = 1.05
 class HttpRun:
     """One wrk run spanning ``reloads``, and a run of the same length and settings without a reload."""
 
-    during: WrkResult | None = None
-    baseline: WrkResult | None = None
+    during: WrkSummary | None = None
+    baseline: WrkSummary | None = None
     reloads: list[Reload] = field(default_factory=list)
     error: str | None = None
 
@@ -91,21 +90,6 @@ def machine(repo: Path) -> dict[str, str]:
         "wsup": (_git(repo, "rev-parse", "--short", "HEAD") or "unknown")
         + (f" + uncommitted changes in {', '.join(sorted(dirty))}" if dirty else ""),
     }
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def loadavg() -> tuple[float, float, float]:
-    one, five, fifteen = os.getloadavg()
-    return round(one, 2), round(five, 2), round(fifteen, 2)
 
 
 def now_utc() -> str:

@@ -36,7 +36,8 @@ from throughput_markdown import render, write_section
 from throughput_results import MODES, Context, LoadRun, Sample, Settings, from_json, missing_quiet, to_json
 from throughput_servers import REPO, RunningServer, ServerError, ServerSpec, build_specs
 from throughput_system import CpuStat, Machine, loadavg, package_versions, wait_for_quiet, wsup_revision
-from throughput_wrk import WrkError, find_wrk, run_wrk, wrk_argv, wrk_version
+from throughput_wrk import run_wrk, wrk_argv
+from wrk_output import WrkError, find_wrk, wrk_version
 
 READY_TIMEOUT_S = 60.0
 WARMUP_ATTEMPTS = 3
