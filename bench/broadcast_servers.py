@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 import psutil
+from throughput_system import package_versions
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -254,12 +255,7 @@ def start_socketio(port: int, workers: int, redis_port: int, log: Path) -> Runni
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    found = {"python": sys.version.split()[0]}
-    for package in ("uvicorn", "starlette", "websockets", "pyzmq", "broadcaster", "redis"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            found[package] = md.version(package)
+    found = package_versions(("uvicorn", "starlette", "websockets", "pyzmq", "broadcaster", "redis"))
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         found["redis-server"] = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
         found["redis-server"] = found["redis-server"].split("v=")[1].split()[0]

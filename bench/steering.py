@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import importlib.metadata
 import os
 import platform
 import shlex
@@ -36,7 +35,6 @@ import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +51,7 @@ from steering_clients import new_connection_latencies, percentile
 from steering_report import render, write_section
 from steering_scenarios import STALL_S, burst, crash_refill, loop_stall, spread_out
 from steering_servers import REPO, SERVERS, Server, build_specs
+from throughput_system import cpu_model, package_versions, wsup_revision
 
 from supervisor.balancing import SlotLoad
 from supervisor.bpf import attach_program, build_weighted_program, detach_program
@@ -83,22 +82,12 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = [f"Python {platform.python_version()}"]
-    for package in ("uvicorn", "uvloop", "websockets", "starlette"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions.append(f"{package} {importlib.metadata.version(package)}")
-    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    versions.append(f"wsup at {revision.stdout.strip() or 'unknown'} (plus the working tree)")
+    versions = package_versions(("uvicorn", "uvloop", "websockets", "starlette"))
+    text = ", ".join(f"{'Python' if name == 'python' else name} {version}" for name, version in versions.items())
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{os.cpu_count()} × {cpu}, Linux {platform.release()}",
-        "versions": ", ".join(versions),
+        "machine": f"{os.cpu_count()} × {cpu_model()}, Linux {platform.release()}",
+        "versions": f"{text}, wsup at {wsup_revision(REPO)} (plus the working tree)",
     }
 
 

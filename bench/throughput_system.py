@@ -1,4 +1,7 @@
-"""What the machine is and how busy it is: CPU model, kernel, versions, load average, and CPU used by others."""
+"""What the machine is and how busy it is: CPU model, kernel, versions, load average, and CPU used by others.
+
+Shared by every benchmark's report header (the names say throughput because that benchmark came first).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +34,9 @@ def loadavg() -> tuple[float, float, float]:
     return round(one, 2), round(five, 2), round(fifteen, 2)
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in packages:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
