@@ -24,12 +24,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import orjson
 import psutil
-from server_process import alive, die_with_parent, free_port, gunicorn_worker_class, spawn, stop_tree
+from server_process import StartedServer, alive, die_with_parent, free_port, gunicorn_worker_class, spawn, stop_tree
 
 REPO = Path(__file__).resolve().parent.parent
 APP = "app:asgi"
@@ -119,7 +118,7 @@ def _abort_line(log: str) -> str | None:
     return None
 
 
-class Server:
+class Server(StartedServer):
     """One started server: ``with Server(spec, workers, log_dir) as server:`` always stops its whole tree."""
 
     def __init__(self, spec: ServerSpec, workers: int, log_dir: Path) -> None:
@@ -130,15 +129,6 @@ class Server:
         self.popen: subprocess.Popen[bytes] | None = None
         self.master: psutil.Process | None = None
         self.reload_log: list[Reload] = []
-
-    def __enter__(self) -> Server:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def name(self) -> str:

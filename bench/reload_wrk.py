@@ -14,7 +14,7 @@ import tempfile
 import time
 from types import TracebackType
 
-from reload_servers import die_with_parent
+from server_process import die_with_parent
 from wrk_output import WrkError, WrkSummary, parse
 
 MAX_DURATION_S = 600  # the -d given to wrk; runs are always stopped long before

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import psutil
 
@@ -77,3 +79,22 @@ def gunicorn_worker_class() -> str:
     if importlib.util.find_spec("uvicorn_worker") is not None:
         return "uvicorn_worker.UvicornWorker"
     return "uvicorn.workers.UvicornWorker"
+
+
+class StartedServer:
+    """``with SomeServer(...) as server:``: ``start()`` on entry, ``stop()`` (the whole process tree) on any exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

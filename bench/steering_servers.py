@@ -20,12 +20,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import orjson
 import psutil
-from server_process import alive, free_port, spawn, stop_tree
+from server_process import StartedServer, alive, free_port, spawn, stop_tree
 
 REPO = Path(__file__).resolve().parent.parent
 APPS_DIR = REPO / "tests" / "apps"
@@ -105,7 +104,7 @@ def health_pid(port: int) -> int | None:
         conn.close()
 
 
-class Server:
+class Server(StartedServer):
     """One started server: ``with Server(spec, workers, log_dir) as server:`` always stops its whole tree."""
 
     def __init__(self, spec: ServerSpec, workers: int, log_dir: Path) -> None:
@@ -115,15 +114,6 @@ class Server:
         self.log_path = log_dir / f"{spec.name}-{self.port}.log"
         self.popen: subprocess.Popen[bytes] | None = None
         self.master: psutil.Process | None = None
-
-    def __enter__(self) -> Server:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def name(self) -> str:

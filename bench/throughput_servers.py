@@ -12,10 +12,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import psutil
-from server_process import free_port, gunicorn_worker_class, spawn
+from server_process import StartedServer, free_port, gunicorn_worker_class, spawn
 
 REPO = Path(__file__).resolve().parent.parent
 APP = "app:asgi"
@@ -142,7 +141,7 @@ class StopResult:
     log_tail: str  # notable lines of the server's output (warnings, errors, tracebacks)
 
 
-class RunningServer:
+class RunningServer(StartedServer):
     """One started server: ``with RunningServer(spec, workers, log_dir) as server:`` always stops its tree."""
 
     def __init__(self, spec: ServerSpec, workers: int, log_dir: Path) -> None:
@@ -157,15 +156,6 @@ class RunningServer:
         self.workers: list[psutil.Process] = []
         self.helpers: list[psutil.Process] = []
         self.stop_result: StopResult | None = None
-
-    def __enter__(self) -> RunningServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         self.popen = spawn(self.spec.command(self.port), cwd=REPO, env=self.spec.env, log_path=self.log_path)
