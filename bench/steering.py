@@ -53,9 +53,9 @@ from steering_scenarios import STALL_S, burst, crash_refill, loop_stall, spread_
 from steering_servers import REPO, SERVERS, Server, build_specs
 from throughput_system import cpu_model, package_versions, wsup_revision
 
-from supervisor.balancing import SlotLoad
-from supervisor.bpf import attach_program, build_weighted_program, detach_program
-from supervisor.load_tracker import LoadTracker
+from supervisor.steering.balancing import SlotLoad
+from supervisor.steering.bpf import attach_program, build_weighted_program, detach_program
+from supervisor.steering.load_tracker import LoadTracker
 
 WORKERS = 4
 CLIENTS = 400

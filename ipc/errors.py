@@ -61,6 +61,10 @@ class ReloadInProgressError(WsupError):
     """A reload (or scale) was requested while another one runs."""
 
 
+class OperationInterruptedError(WsupError):
+    """A reload, scale or restart was ended because the instance began to stop."""
+
+
 class ReloadFailedError(WsupError):
     """A replacement worker did not become ready; the old workers keep serving."""
 

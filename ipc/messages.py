@@ -19,6 +19,18 @@ from ipc.errors import ProtocolError
 PROTOCOL_VERSION = 1
 # Reports and control messages are a few hundred bytes; anything far larger is a bug or an attack.
 MAX_MESSAGE_BYTES = 256 * 1024
+# Every number is range-checked where it enters: a count from another process is negative, NaN or 2**64 one day,
+# and arithmetic on it must never raise in the supervisor (or grow without bound). Counts fit in 2**53, exact in a
+# float and far beyond what a worker reaches (a billion connections a second for over a hundred days).
+MAX_COUNT = 1 << 53
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "pid": (1, (1 << 31) - 1),
+    "slot": (0, 4095),
+    "generation": (1, MAX_COUNT),
+}
+_FLOAT_RANGES: dict[str, tuple[float, float]] = {"loop_lag_ms": (0.0, 86_400_000.0)}
+_MAX_TEXT = {"error": 16_384, "id": 128, "cmd": 64, "status": 16, "kind": 64}
+_MAX_COUNTER_KEYS = 64  # a Report's ``bus`` counters: a flat map of short names to counts
 
 JSONObject: TypeAlias = dict[str, Any]
 
@@ -122,6 +134,33 @@ def _field_checks(cls: type[Message]) -> dict[str, tuple[tuple[type, ...], bool]
 _CHECKS = {tag: _field_checks(cls) for tag, cls in _TYPES.items()}
 
 
+def _check_range(tag: str, name: str, value: Any) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        low, high = _INT_RANGES.get(name, (0, MAX_COUNT))
+        if not low <= value <= high:
+            raise ProtocolError(f"{tag} field {name!r} is out of range: {value} (expected {low}..{high})")
+    elif isinstance(value, float):
+        low_f, high_f = _FLOAT_RANGES.get(name, (0.0, float(MAX_COUNT)))
+        if not low_f <= value <= high_f:  # also false for NaN
+            raise ProtocolError(f"{tag} field {name!r} is out of range: {value}")
+    elif isinstance(value, str):
+        limit = _MAX_TEXT.get(name, 4096)
+        if len(value) > limit:
+            raise ProtocolError(f"{tag} field {name!r} is longer than {limit} characters")
+    elif tag == Report.TAG and name == "bus":
+        _check_counters(value)
+
+
+def _check_counters(counters: JSONObject) -> None:
+    if len(counters) > _MAX_COUNTER_KEYS:
+        raise ProtocolError(f"report field 'bus' has {len(counters)} counters (at most {_MAX_COUNTER_KEYS})")
+    for key, count in counters.items():
+        if len(key) > 64 or not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_COUNT:
+            raise ProtocolError(f"report field 'bus' has a bad counter {key[:64]!r}: {count!r:.64}")
+
+
 def encode(message: Message) -> bytes:
     """Serialise a message. Field order is the dataclass order, after ``v`` and ``t``."""
     body: JSONObject = {"v": PROTOCOL_VERSION, "t": message.TAG}
@@ -155,6 +194,7 @@ def decode(data: bytes) -> Message:
         # bool is an int subclass: a count must not be True, a flag must not be 1.
         if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
             raise ProtocolError(f"{tag} field {name!r} must be {accepted[0].__name__}, got {type(value).__name__}")
+        _check_range(tag, name, value)
     missing = [name for name, (_, required) in checks.items() if required and name not in body]
     if missing:
         raise ProtocolError(f"{tag} message lacks field(s) {', '.join(missing)}")

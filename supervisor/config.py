@@ -1,18 +1,20 @@
-"""The supervisor's settings, validated once, from the CLI or from code."""
+"""The instance's settings, validated once: the supervisor's own, and the workers' (``ipc.settings.WorkerSettings``).
+
+Read by the CLI (which builds it from options) and by the supervisor process; light to import on purpose.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from ipc.bus_queue import Policy, validate_limit
-from ipc.bus_wire import DEFAULT_MAX_BYTES
 from ipc.errors import ConfigError
-from supervisor.app_loader import validate_app_path
+from ipc.settings import WorkerSettings, check_range
 
 BALANCE_MODES = ("least-conn", "hash")
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-MAX_BUS_MAX_BYTES = 64 << 20  # one message is copied once per worker; beyond this, send a link to the data
 MAX_WORKERS = 128  # the steering program addresses slots with 8-bit jumps; far beyond any one host's need
 
 
@@ -31,51 +33,51 @@ def parse_instances(value: str, option: str = "-i/--instances") -> int:
 
 @dataclass(frozen=True, slots=True)
 class SupervisorConfig:
-    app: str
+    worker: WorkerSettings
     workers: int
     name: str
     host: str = "127.0.0.1"
     port: int = 8000
-    factory: bool = False
-    app_dir: str = "."
-    log_level: str = "info"
-    access_log: bool = True
     balance: str = "least-conn"
-    graceful_timeout: float = 30.0  # drain budget of a worker before TERM→KILL escalation
     ready_timeout: float = 60.0  # how long a new worker may take to import the app and finish startup
     heartbeat_timeout: float = 30.0  # a worker whose event loop is silent this long is killed and replaced
     # A worker silent this long gets no new connections until it reports again. Under a burst on busy cores report
     # gaps of 0.5-0.8 s were measured, so this is the backstop; steering's tracker catches real stalls in ~0.2 s.
     stall_after: float = 1.0
-    timeout_keep_alive: float = 5.0
-    ws_drain_window: float = 2.0
     backlog: int = 2048
     reload_batch: int = 1
-    bus_queue: int = 256  # per-subscriber backlog of the broadcast bus, in messages
-    bus_policy: str = "drop-oldest"  # what a full backlog does: drop-oldest or disconnect
-    bus_max_bytes: int = DEFAULT_MAX_BYTES  # largest message the bus accepts
-    bus_coalesce_ms: float = 5.0  # under load, a client's messages of this window share one write (0: never)
 
     def __post_init__(self) -> None:
-        validate_app_path(self.app)
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ConfigError(f"-i/--instances must be between 1 and {MAX_WORKERS}, got {self.workers}")
         if self.balance not in BALANCE_MODES:
             raise ConfigError(f"--balance must be one of {', '.join(BALANCE_MODES)}, got {self.balance!r}")
-        if self.log_level not in LOG_LEVELS:
-            raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        for name in ("graceful_timeout", "ready_timeout", "heartbeat_timeout", "stall_after"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("ready_timeout", "heartbeat_timeout", "stall_after"):
+            check_range(name, getattr(self, name), 0.001, 86400)
         if self.heartbeat_timeout <= self.stall_after:
             raise ConfigError(f"--heartbeat-timeout must be longer than the stall threshold ({self.stall_after:g}s)")
-        if not os.path.isdir(self.app_dir):
-            raise ConfigError(f"--app-dir {self.app_dir!r} is not a directory")
+        if not os.path.isdir(self.worker.app_dir):
+            raise ConfigError(f"--app-dir {self.worker.app_dir!r} is not a directory")
+        check_range("backlog", self.backlog, 1, 1 << 20)
         if self.reload_batch < 1:
             raise ConfigError(f"--reload-batch must be at least 1, got {self.reload_batch}")
-        validate_limit(self.bus_queue)
-        Policy.parse(self.bus_policy)
-        if not 1 <= self.bus_max_bytes <= MAX_BUS_MAX_BYTES:
-            raise ConfigError(f"--bus-max-bytes must be between 1 and {MAX_BUS_MAX_BYTES}, got {self.bus_max_bytes}")
-        if not 0 <= self.bus_coalesce_ms <= 1000:
-            raise ConfigError(f"--bus-coalesce-ms must be between 0 and 1000, got {self.bus_coalesce_ms}")
+
+    @property
+    def app(self) -> str:
+        return self.worker.app
+
+    @property
+    def graceful_timeout(self) -> float:
+        return self.worker.graceful_timeout
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> SupervisorConfig:
+        """Build from flat options (``{"app": ..., "workers": 4, "graceful_timeout": 10}``): each key goes to the
+        dataclass that has the field; a key neither has is an error that names it."""
+        own = {f.name for f in dataclasses.fields(cls)} - {"worker"}
+        theirs = {f.name for f in dataclasses.fields(WorkerSettings)}
+        unknown = sorted(set(options) - own - theirs)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        worker = WorkerSettings(**{k: v for k, v in options.items() if k in theirs})
+        return cls(worker=worker, **{k: v for k, v in options.items() if k in own})

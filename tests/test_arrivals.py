@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from supervisor.arrivals import ArrivalWatch
+from supervisor.steering.arrivals import ArrivalWatch
 from tests.wsup_harness import eventually
 
 

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from supervisor import load_tracker
-from supervisor.balancing import FLOOR_FRACTION, LOOKAHEAD, SlotLoad, compute_weights, spread, weights_for
-from supervisor.bpf import build_weighted_program, evaluate_program
-from supervisor.load_tracker import LoadTracker, Plan
+from supervisor.steering import load_tracker
+from supervisor.steering.balancing import FLOOR_FRACTION, LOOKAHEAD, SlotLoad, compute_weights, spread, weights_for
+from supervisor.steering.bpf import build_weighted_program, evaluate_program
+from supervisor.steering.load_tracker import LoadTracker, Plan
 
 
 def websockets(*counts: int, ineligible: Sequence[int] = ()) -> list[SlotLoad]:

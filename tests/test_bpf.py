@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from ipc.errors import WsupError
-from supervisor.balancing import SlotLoad
-from supervisor.bpf import (
+from supervisor.steering.balancing import SlotLoad
+from supervisor.steering.bpf import (
     BPF_MAXINSNS,
     HASH_FALLBACK,
     JGE_K,
@@ -28,8 +28,8 @@ from supervisor.bpf import (
     evaluate_program,
     pack_program,
 )
-from supervisor.steering import Steering
-from supervisor.tcp_info import accept_queue
+from supervisor.steering.controller import Steering
+from supervisor.steering.tcp_info import accept_queue
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="steering is Linux-only")
 

@@ -27,8 +27,8 @@ from ipc.bus_remote import publish_args, publish_to_instance
 from ipc.bus_wire import HEADER, BusMessage, Kind, check_size, decode, encode, encode_payload, validate_channel
 from ipc.bus_wire import websocket_frame as build_frame
 from ipc.errors import BusError, ConfigError, MessageTooLargeError, ProtocolError, SlowConsumerError
-from supervisor.status import bus_totals
-from supervisor.status_view import _bus_line
+from supervisor.cli.status_view import _bus_line
+from supervisor.process.status import bus_totals
 
 # --- wire format ------------------------------------------------------------------------------------------
 

@@ -7,10 +7,10 @@ import pytest
 
 from ipc.errors import ConfigError, NotRunningError, ProtocolError, RemoteError, error_from_kind
 from ipc.messages import MAX_MESSAGE_BYTES, Failed, Ready, Reply, Report, Request, decode, encode
-from supervisor.app_loader import validate_app_path
+from ipc.settings import WorkerSpec, validate_app_path
 from supervisor.config import SupervisorConfig, parse_instances
-from supervisor.slots import BACKOFF_MAX_S, CRASH_LOOP_FAILURES, HEALTHY_RUN_S, Slot, restart_delay
-from supervisor.worker_process import _TRANSITIONS, WorkerState
+from supervisor.process.slots import BACKOFF_MAX_S, CRASH_LOOP_FAILURES, HEALTHY_RUN_S, Slot, restart_delay
+from supervisor.process.worker_state import _TRANSITIONS, IllegalTransitionError, WorkerState, checked_transition
 
 
 def _report(**overrides: object) -> Report:
@@ -72,6 +72,35 @@ def test_codec_rejects_oversized_before_parsing() -> None:
         decode(payload)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("websocket", -1, "'websocket' is out of range: -1"),
+        ("http", 2**64 - 1, "'http' is out of range"),
+        ("requests", 2**53 + 1, "'requests' is out of range"),
+        ("pid", 0, "'pid' is out of range"),
+        ("slot", 10_000, "'slot' is out of range"),
+        ("generation", 0, "'generation' is out of range"),
+        ("loop_lag_ms", -0.5, "'loop_lag_ms' is out of range"),
+        ("loop_lag_ms", 1e300, "'loop_lag_ms' is out of range"),
+        ("bus", {"lost": -5}, "bad counter 'lost'"),
+        ("bus", {"lost": 1.5}, "bad counter 'lost'"),
+        ("bus", {str(i): 1 for i in range(65)}, "has 65 counters"),
+    ],
+)
+def test_reports_with_numbers_out_of_range_are_malformed(field: str, value: object, error: str) -> None:
+    body = orjson.loads(encode(_report()))
+    body[field] = value
+    with pytest.raises(ProtocolError, match=error):
+        decode(orjson.dumps(body))
+
+
+def test_nan_and_infinity_never_parse() -> None:
+    text = encode(_report()).replace(b'"loop_lag_ms":0.5', b'"loop_lag_ms":NaN')
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        decode(text)
+
+
 def test_float_field_accepts_int_but_flag_rejects_int() -> None:
     body = orjson.loads(encode(_report()))
     body["loop_lag_ms"] = 3
@@ -108,9 +137,22 @@ def test_invalid_app_paths(app: str) -> None:
 
 def test_config_rejects_inconsistent_timeouts() -> None:
     with pytest.raises(ConfigError, match="heartbeat-timeout"):
-        SupervisorConfig(app="app:asgi", workers=1, name="x", heartbeat_timeout=0.2)
-    with pytest.raises(ConfigError, match="graceful-timeout must be positive"):
-        SupervisorConfig(app="app:asgi", workers=1, name="x", graceful_timeout=0)
+        SupervisorConfig.from_options({"app": "app:asgi", "workers": 1, "name": "x", "heartbeat_timeout": 0.2})
+    with pytest.raises(ConfigError, match="graceful-timeout must be between"):
+        SupervisorConfig.from_options({"app": "app:asgi", "workers": 1, "name": "x", "graceful_timeout": 0})
+    with pytest.raises(ConfigError, match="graceful-timeout must be between"):
+        SupervisorConfig.from_options({"app": "app:asgi", "workers": 1, "name": "x", "graceful_timeout": float("nan")})
+    with pytest.raises(ConfigError, match="unknown setting"):
+        SupervisorConfig.from_options({"app": "app:asgi", "workers": 1, "name": "x", "gracefull_timeout": 1})
+
+
+def test_settings_round_trip_through_the_worker_spec() -> None:
+    config = SupervisorConfig.from_options({"app": "app:asgi", "workers": 2, "name": "x", "ws_drain_window": 0.5})
+    spec = WorkerSpec(config.worker, 3, 1, 7, 42, "ipc:///s", "ipc:///i", "ipc:///o")
+    assert WorkerSpec.from_json(spec.to_json()) == spec
+    assert config.worker.ws_drain_window == 0.5 and config.worker.graceful_timeout == 30.0
+    with pytest.raises(ConfigError, match="bad worker spec"):
+        WorkerSpec.from_json('{"settings": 1}')
 
 
 def test_restart_backoff_grows_and_caps() -> None:
@@ -139,3 +181,6 @@ def test_worker_state_machine() -> None:
     assert all(
         WorkerState.STOPPED in allowed for state, allowed in _TRANSITIONS.items() if state is not WorkerState.STOPPED
     )
+    assert checked_transition(1, WorkerState.READY, WorkerState.READY) is WorkerState.READY
+    with pytest.raises(IllegalTransitionError, match="DRAINING -> READY"):
+        checked_transition(1, WorkerState.DRAINING, WorkerState.READY)

@@ -1,8 +1,7 @@
 """The worker bootstrap: runs inside each worker process, serves the user's app with uvicorn on the slot's socket.
 
 Started by the supervisor as ``python -m supervisor.worker SPEC_JSON``: a fresh interpreter, so a reload picks up
-new code. SIGTERM drains for a stop (WebSockets closed with 1001), SIGUSR1 drains for a restart (1012); SIGINT is
-ignored because Ctrl-C reaches the whole foreground process group and the supervisor orchestrates the stop.
+new code. It drains on the signals of ``ipc.signals`` (1012 when replaced, 1001 when the instance stops).
 """
 
 from __future__ import annotations
@@ -26,11 +25,12 @@ from ipc.bus_queue import Policy
 from ipc.bus_worker import WorkerBus
 from ipc.counters import ConnectionCounters
 from ipc.errors import AppLoadError
+from ipc.settings import WorkerSpec
+from ipc.signals import CLOSE_CODE_FOR, CLOSE_GOING_AWAY, IGNORED_BY_WORKERS
 from ipc.stats import Counts, StatsReporter
-from supervisor.app_loader import load_app
-from supervisor.drain import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, drain
-from supervisor.protocols import WsupHttpProtocol, WsupWebSocketProtocol
-from supervisor.worker_spec import WorkerSpec
+from supervisor.worker.app_loader import load_app
+from supervisor.worker.drain import drain
+from supervisor.worker.protocols import WorkerConnections, WsupHttpProtocol, WsupServerState, WsupWebSocketProtocol
 
 logger = logging.getLogger("wsup.worker")
 _PR_SET_PDEATHSIG = 1
@@ -52,7 +52,8 @@ def logging_config(spec: WorkerSpec) -> dict[str, Any]:
     prefix = f"%(asctime)s [worker {spec.slot} pid {os.getpid()}] %(levelprefix)s "
     config["formatters"]["default"]["fmt"] = prefix + "%(message)s"
     config["formatters"]["access"]["fmt"] = prefix + '%(client_addr)s - "%(request_line)s" %(status_code)s'
-    config["loggers"]["wsup"] = {"handlers": ["default"], "level": spec.log_level.upper(), "propagate": False}
+    level = spec.settings.log_level.upper() if spec.settings.log_level != "trace" else "DEBUG"
+    config["loggers"]["wsup"] = {"handlers": ["default"], "level": level, "propagate": False}
     return config
 
 
@@ -82,8 +83,9 @@ class Worker:
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
-        if spec.counters_fd >= 0:  # the page the supervisor reads this worker's live connection counts from
-            WsupHttpProtocol.cells = ConnectionCounters.attach(spec.counters_fd).cells
+        # The page the supervisor reads this worker's live connection counts from (private memory without one).
+        shared = ConnectionCounters.attach(spec.counters_fd).cells if spec.counters_fd >= 0 else None
+        self.connections = WorkerConnections(shared)
         self.close_code = CLOSE_GOING_AWAY
         self.server: uvicorn.Server | None = None
         self.bus: WorkerBus | None = None
@@ -101,15 +103,16 @@ class Worker:
         if server is None:
             return Counts(0, 0, 0, 0, 0, False)
         state = server.server_state
-        websocket = WsupWebSocketProtocol.live
+        counts = self.connections
+        websocket = counts.websocket_live
         return Counts(
             http=len(state.connections) - websocket,
             websocket=websocket,
             # WebSocket sessions run as tasks too; what is left are HTTP requests in progress.
             in_flight=max(0, len(state.tasks) - websocket),
             requests=state.total_requests,
-            websocket_sessions=WsupWebSocketProtocol.opened,
-            draining=WsupHttpProtocol.draining,
+            websocket_sessions=counts.websocket_opened,
+            draining=counts.draining,
         )
 
     def _on_signal(self, close_code: int) -> None:
@@ -118,22 +121,23 @@ class Worker:
             self.server.should_exit = True
 
     async def serve(self, app: Any) -> None:
-        spec = self.spec
+        spec, settings = self.spec, self.spec.settings
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._on_signal, CLOSE_GOING_AWAY)
-        loop.add_signal_handler(signal.SIGUSR1, self._on_signal, CLOSE_SERVICE_RESTART)
+        for sig, close_code in CLOSE_CODE_FOR.items():
+            loop.add_signal_handler(sig, self._on_signal, close_code)
         config = uvicorn.Config(
             app,
             http=WsupHttpProtocol,
             ws=WsupWebSocketProtocol,
             lifespan="auto",
             log_config=logging_config(spec),
-            log_level=spec.log_level,
-            access_log=spec.access_log,
-            timeout_keep_alive=int(spec.timeout_keep_alive),
+            log_level=settings.log_level,
+            access_log=settings.access_log,
+            timeout_keep_alive=int(settings.timeout_keep_alive),
         )
         config.load()
         server = self.server = uvicorn.Server(config)
+        server.server_state = WsupServerState(self.connections)  # every protocol instance reaches the counts here
         server.lifespan = config.lifespan_class(config)
         errors = LastErrorHandler()
         logging.getLogger("uvicorn.error").addHandler(errors)
@@ -142,10 +146,10 @@ class Worker:
         bus = self.bus = WorkerBus(
             spec.bus_in,
             spec.bus_out,
-            queue=spec.bus_queue,
-            policy=Policy.parse(spec.bus_policy),
-            max_bytes=spec.bus_max_bytes,
-            coalesce_s=spec.bus_coalesce_ms / 1000,
+            queue=settings.bus_queue,
+            policy=Policy.parse(settings.bus_policy),
+            max_bytes=settings.bus_max_bytes,
+            coalesce_s=settings.bus_coalesce_ms / 1000,
         )
         await bus.start()
         broadcast.install(bus)
@@ -155,24 +159,23 @@ class Worker:
             raise AppLoadError(f"lifespan startup failed: {errors.last or 'see the worker log'}") from None
         finally:
             logging.getLogger("uvicorn.error").removeHandler(errors)
-        if server.should_exit:  # a stop arrived during startup
-            await server.lifespan.shutdown()
-            return
+        # A drain signal during startup still goes through the drain below: the socket may have accepted already.
         self.reporter.send_ready()
         if spec.log_fd >= 0:
             sys.stderr.flush()
             os.dup2(spec.log_fd, 2)
             os.close(spec.log_fd)
         reporter_task = asyncio.create_task(self.reporter.run())
-        logger.info("serving %s (slot %d, generation %d)", spec.app, spec.slot, spec.generation)
+        logger.info("serving %s (slot %d, generation %d)", settings.app, spec.slot, spec.generation)
 
         await server.main_loop()
         result = await drain(
             server,
+            self.connections,
             close_code=self.close_code,
-            ws_window_s=min(spec.ws_drain_window, spec.graceful_timeout / 2),
-            idle_grace_s=spec.idle_grace,
-            deadline_s=max(0.5, spec.graceful_timeout - 1.0),
+            ws_window_s=min(settings.ws_drain_window, settings.graceful_timeout / 2),
+            idle_grace_s=settings.idle_grace,
+            deadline_s=max(0.5, settings.graceful_timeout - 1.0),
         )
         logger.info(
             "drained %d HTTP and %d WebSocket connections in %.2fs (%d forced)",
@@ -191,13 +194,13 @@ class Worker:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     spec = WorkerSpec.from_json(args[0])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for sig in IGNORED_BY_WORKERS:
+        signal.signal(sig, signal.SIG_IGN)
     die_with_supervisor(spec.supervisor_pid)
     worker = Worker(spec)
     exit_code = 0
     try:
-        app = load_app(spec.app, factory=spec.factory, app_dir=spec.app_dir)
+        app = load_app(spec.settings.app, factory=spec.settings.factory, app_dir=spec.settings.app_dir)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(worker.serve(app))
     except AppLoadError as exc:

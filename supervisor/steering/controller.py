@@ -4,7 +4,7 @@
 supervisor, and the kernel's accept queues) to a ``LoadTracker`` and re-attaches the program it plans when the
 weights change. It is called on every worker report (at most once per ``min_interval``), at once when a slot
 stops or starts taking connections (a worker ready, crashed or silent), and on the first connection that arrives
-after ``next_check`` seconds (``supervisor.arrivals``): every 2 ms while connections pile up. If the kernel
+after ``next_check`` seconds (``supervisor.steering.arrivals``): every 2 ms while connections pile up. If the kernel
 refuses the program (not Linux, an old kernel, a locked filter), wsup falls back to the kernel's hash, logs why,
 and ``wsup status`` shows it.
 """
@@ -18,9 +18,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from supervisor.balancing import SlotLoad
-from supervisor.bpf import SteeringUnavailableError, attach_program, build_weighted_program, detach_program
-from supervisor.load_tracker import LoadTracker, Plan
+from supervisor.steering.balancing import SlotLoad
+from supervisor.steering.bpf import SteeringUnavailableError, attach_program, build_weighted_program, detach_program
+from supervisor.steering.load_tracker import LoadTracker, Plan
 
 logger = logging.getLogger("wsup.steering")
 # Between bursts the weights follow the workers' reports, at most every MIN_INTERVAL_S. While connections pile up

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import re
 import sys
 import traceback
 from typing import Any
 
-from ipc.errors import AppLoadError, ConfigError
-
-_APP_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
-
-
-def validate_app_path(app: str) -> str:
-    """Check the ``module:attribute`` syntax without importing anything (the supervisor never imports the app)."""
-    if not _APP_RE.match(app):
-        raise ConfigError(f"APP must look like 'module:attribute' (e.g. 'app:asgi'), got {app!r}")
-    return app
+from ipc.errors import AppLoadError
+from ipc.settings import validate_app_path
 
 
 def _last_frame_summary(exc: BaseException) -> str:

@@ -20,43 +20,32 @@ from ipc.endpoints import (
     runtime_root,
 )
 from ipc.errors import AmbiguousInstanceError, ConfigError, SupervisorTimeoutError, WsupError
+from supervisor.cli.daemon import notify, start_detached
+from supervisor.cli.status_view import render_instances, render_status
 from supervisor.config import SupervisorConfig, parse_instances
-from supervisor.daemon import notify, start_detached
-from supervisor.status_view import render_instances, render_status
-from supervisor.supervisor import Supervisor
 
 __all__ = ["render_instances", "render_status"]
+# `wsup start` options that are settings (the rest steer the CLI itself: --daemon, --log-file, --notify-fd).
+START_OPTIONS = frozenset(
+    {"app", "instances", "name", "host", "port", "factory", "app_dir", "log_level", "access_log", "balance"}
+    | {"graceful_timeout", "ready_timeout", "heartbeat_timeout", "ws_drain_window", "reload_batch"}
+    | {"bus_queue", "bus_policy", "bus_max_bytes", "bus_coalesce_ms"}
+)
 CONTROL_TIMEOUT_S = 5.0
 
 
 def config_from_args(args: argparse.Namespace) -> SupervisorConfig:
-    name = args.name or args.app.partition(":")[0].replace(".", "-")
-    return SupervisorConfig(
-        app=args.app,
-        workers=parse_instances(args.instances),
-        name=name,
-        host=args.host,
-        port=args.port,
-        factory=args.factory,
-        app_dir=args.app_dir,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        balance=args.balance,
-        graceful_timeout=args.graceful_timeout,
-        ready_timeout=args.ready_timeout,
-        heartbeat_timeout=args.heartbeat_timeout,
-        ws_drain_window=args.ws_drain_window,
-        reload_batch=args.reload_batch,
-        bus_queue=args.bus_queue,
-        bus_policy=args.bus_policy,
-        bus_max_bytes=args.bus_max_bytes,
-        bus_coalesce_ms=args.bus_coalesce_ms,
-    )
+    """The options given on the command line (argparse leaves the others out: their defaults live in the config)."""
+    options = {key: value for key, value in vars(args).items() if key in START_OPTIONS}
+    options["workers"] = parse_instances(options.pop("instances", "1"))
+    options.setdefault("name", args.app.partition(":")[0].replace(".", "-"))
+    return SupervisorConfig.from_options(options)
 
 
 async def start_foreground(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     paths = instance_paths(config.name)
+    from supervisor.process.supervisor import Supervisor  # only `wsup start` needs the supervisor process's code
 
     def on_ready(info: dict[str, Any]) -> None:
         if args.notify_fd is not None:

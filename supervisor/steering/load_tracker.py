@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from supervisor.balancing import (
+from supervisor.steering.balancing import (
     FLOOR_FRACTION,
     LOOKAHEAD,
     SlotLoad,

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from ipc.errors import StartupError, error_from_kind
-from supervisor.worker_process import child_env
+from supervisor.child_env import child_env
 
 
 def start_detached(argv: list[str], log_file: Path, timeout: float) -> dict[str, Any]:

@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 
 from ipc.errors import WsupError
-from supervisor import commands
-from supervisor.config import parse_instances
+from ipc.settings import WorkerSettings, defaults
+from supervisor.cli import commands
+from supervisor.config import SupervisorConfig, parse_instances
 
 logger = logging.getLogger("wsup")
 
@@ -37,50 +38,66 @@ def _add_name(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the supervisor to answer")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="wsup", description="Connection-aware supervisor for ASGI WebSocket services.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    start = sub.add_parser("start", help="start a supervisor and its workers")
+def _add_start_options(start: argparse.ArgumentParser) -> None:
+    """Options left out stay out of the namespace: their defaults live in ``SupervisorConfig``/``WorkerSettings``."""
+    d = {**defaults(SupervisorConfig), **defaults(WorkerSettings)}
     start.add_argument("app", metavar="APP", help="the ASGI app as module:attribute, e.g. app:asgi")
-    start.add_argument("-i", "--instances", default="1", help="worker processes: a number or 'max' (default 1)")
-    start.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    start.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks one)")
+    start.add_argument("-i", "--instances", help="worker processes: a number or 'max' (default 1)")
+    start.add_argument("--host", help=f"address to listen on (default {d['host']})")
+    start.add_argument("--port", type=int, help=f"port to listen on (default {d['port']}; 0 picks one)")
     start.add_argument("--name", help="instance name (default: the app's module name)")
-    start.add_argument("--daemon", action="store_true", help="run in the background; return once ready")
-    start.add_argument("--log-level", default="info", help="critical|error|warning|info|debug|trace")
-    start.add_argument("--log-file", help="with --daemon: where output goes (default: next to the run directory)")
+    start.add_argument("--daemon", action="store_true", default=False, help="run in the background; return once ready")
+    start.add_argument("--log-level", help="critical|error|warning|info|debug|trace (default info)")
+    start.add_argument(
+        "--log-file", default=None, help="with --daemon: where output goes (default: in the run directory)"
+    )
     start.add_argument("--factory", action="store_true", help="APP is a callable that returns the ASGI app")
-    start.add_argument("--app-dir", default=".", help="directory to import APP from (default: current)")
+    start.add_argument("--app-dir", help="directory to import APP from (default: current)")
     start.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log requests")
-    start.add_argument("--balance", default="least-conn", help="least-conn (steer by live connections) or hash")
-    start.add_argument("--graceful-timeout", type=float, default=30.0, help="drain budget per worker (s)")
-    start.add_argument("--ready-timeout", type=float, default=60.0, help="time a new worker has to get ready (s)")
+    start.add_argument("--balance", help=f"least-conn (steer by live connections) or hash (default {d['balance']})")
+    start.add_argument(
+        "--graceful-timeout", type=float, help=f"drain budget per worker (s, default {d['graceful_timeout']:g})"
+    )
+    start.add_argument(
+        "--ready-timeout", type=float, help=f"time a new worker has to get ready (s, default {d['ready_timeout']:g})"
+    )
     start.add_argument(
         "--heartbeat-timeout",
         type=float,
-        default=30.0,
-        help="replace a worker whose event loop is silent this long (s)",
+        help=f"replace a worker whose event loop is silent this long (s, default {d['heartbeat_timeout']:g})",
     )
     start.add_argument(
         "--ws-drain-window",
         type=float,
-        default=2.0,
-        help="spread WebSocket closes of a draining worker over this window (s)",
+        help=f"spread WebSocket closes of a draining worker over this window (s, default {d['ws_drain_window']:g})",
     )
-    start.add_argument("--reload-batch", type=int, default=1, help="slots replaced at once by a reload")
-    start.add_argument("--bus-queue", type=int, default=256, help="broadcast backlog per subscriber (messages)")
     start.add_argument(
-        "--bus-policy", default="drop-oldest", help="full backlog: drop-oldest, or disconnect (close code 1013)"
+        "--reload-batch", type=int, help=f"slots replaced at once by a reload (default {d['reload_batch']})"
     )
-    start.add_argument("--bus-max-bytes", type=int, default=1 << 20, help="largest broadcast message (bytes)")
+    start.add_argument(
+        "--bus-queue", type=int, help=f"broadcast backlog per subscriber (messages, default {d['bus_queue']})"
+    )
+    start.add_argument(
+        "--bus-policy", help=f"full backlog: drop-oldest, or disconnect (close code 1013) (default {d['bus_policy']})"
+    )
+    start.add_argument(
+        "--bus-max-bytes", type=int, help=f"largest broadcast message (bytes, default {d['bus_max_bytes']})"
+    )
     start.add_argument(
         "--bus-coalesce-ms",
         type=float,
-        default=5.0,
-        help="under load, send each client the broadcasts of this window in one write (0: never; default 5)",
+        help="under load, send each client the broadcasts of this window in one write"
+        f" (0: never; default {d['bus_coalesce_ms']:g})",
     )
-    start.add_argument("--notify-fd", type=int, help=argparse.SUPPRESS)
+    start.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wsup", description="Connection-aware supervisor for ASGI WebSocket services.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    start = sub.add_parser("start", help="start a supervisor and its workers", argument_default=argparse.SUPPRESS)
+    _add_start_options(start)
 
     status = sub.add_parser("status", help="show workers and their live connections")
     _add_name(status)
@@ -114,8 +131,9 @@ def _print_json(value: Any) -> None:
 
 
 def _run_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    log_level = getattr(args, "log_level", defaults(WorkerSettings)["log_level"])
     logging.basicConfig(
-        level=args.log_level.upper() if args.log_level != "trace" else "DEBUG",
+        level=log_level.upper() if log_level in ("critical", "error", "warning", "info", "debug") else "DEBUG",
         format="%(asctime)s [wsup] %(levelname)s %(message)s",
         stream=sys.stderr,
     )

@@ -13,12 +13,9 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from supervisor.protocols import WsupHttpProtocol, WsupWebSocketProtocol
+from supervisor.worker.protocols import WorkerConnections, WsupHttpProtocol, WsupWebSocketProtocol
 
 logger = logging.getLogger("wsup.worker")
-
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_GOING_AWAY = 1001
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +31,13 @@ def _all_done(server: uvicorn.Server) -> bool:
 
 
 async def drain(
-    server: uvicorn.Server, *, close_code: int, ws_window_s: float, idle_grace_s: float, deadline_s: float
+    server: uvicorn.Server,
+    counts: WorkerConnections,
+    *,
+    close_code: int,
+    ws_window_s: float,
+    idle_grace_s: float,
+    deadline_s: float,
 ) -> DrainResult:
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -42,7 +45,7 @@ async def drain(
     # connections waiting in the slot's accept queue are served by the replacement, not reset.
     for asyncio_server in server.servers:
         asyncio_server.close()
-    WsupHttpProtocol.draining = True
+    counts.draining = True
 
     connections = list(server.server_state.connections)
     http = [c for c in connections if isinstance(c, WsupHttpProtocol)]
@@ -65,7 +68,7 @@ async def drain(
     )
 
     changed = asyncio.Event()
-    WsupHttpProtocol.on_lost = WsupWebSocketProtocol.on_lost = changed.set
+    counts.on_lost = changed.set
     deadline = started + deadline_s
     while not _all_done(server) and loop.time() < deadline:
         changed.clear()

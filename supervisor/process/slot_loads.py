@@ -2,34 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import socket
+from collections.abc import Sequence
 
-from supervisor.balancing import SlotLoad
-from supervisor.slots import Slot
-from supervisor.tcp_info import accept_queue
-from supervisor.worker_process import WorkerState
-
-if TYPE_CHECKING:
-    from supervisor.supervisor import Supervisor
+from supervisor.process.fleet import Fleet
+from supervisor.process.slots import Slot
+from supervisor.process.worker_state import WorkerState
+from supervisor.steering.balancing import SlotLoad
+from supervisor.steering.tcp_info import accept_queue
 
 
-def slot_loads(sup: Supervisor) -> list[SlotLoad]:
+def slot_loads(fleet: Fleet, listeners: Sequence[socket.socket], stall_after: float) -> list[SlotLoad]:
     """One ``SlotLoad`` per slot, in slot order: its worker's shared and reported counts, its accept queue."""
-    assert sup.listeners is not None
     loads = []
-    replaced = replaced_ready(sup)  # once per update, not once per slot
-    for slot in sup.slots:
+    replaced = replaced_ready(fleet)  # once per update, not once per slot
+    for slot in fleet.slots:
         worker = slot.worker
         report = worker.last_report if worker else None
         try:
-            queued, _ = accept_queue(sup.listeners.sockets[slot.index])
-        except OSError:
+            queued, _ = accept_queue(listeners[slot.index])
+        except (OSError, IndexError):
             queued = 0
         counted = worker.counters.read() if worker and worker.counters else None
         loads.append(
             SlotLoad(
                 slot=slot.index,
-                eligible=takes_new_connections(sup, slot, replaced),
+                eligible=takes_new_connections(fleet, slot, replaced, stall_after),
                 websocket=report.websocket if report else 0,
                 http=report.http if report else 0,
                 in_flight=report.in_flight if report else 0,
@@ -42,22 +40,23 @@ def slot_loads(sup: Supervisor) -> list[SlotLoad]:
     return loads
 
 
-def takes_new_connections(sup: Supervisor, slot: Slot, replaced: bool) -> bool:
+def takes_new_connections(fleet: Fleet, slot: Slot, replaced: bool, stall_after: float) -> bool:
     """Whether steering may send new connections to ``slot``'s worker (weight > 0)."""
     worker = slot.worker
-    if worker is None or worker.state is not WorkerState.READY or slot.retiring:
+    if worker is None or worker.state is not WorkerState.READY or slot.removing or fleet.stopping:
         return False
-    if worker.report_age() >= sup.config.stall_after:
+    if worker.report_age() >= stall_after:
         return False  # its event loop is silent: connections would wait in its accept queue
-    floor = sup.reload_floor
+    floor = fleet.reload_floor
     # During a reload, only workers already replaced take new connections (once one is ready), so a client
     # that reconnects is never sent to a worker that will be restarted next: one disconnect per reload.
     return floor is None or worker.generation >= floor or not replaced
 
 
-def replaced_ready(sup: Supervisor) -> bool:
+def replaced_ready(fleet: Fleet) -> bool:
     """During a reload: whether some already-replaced worker is ready to take the reconnecting clients."""
-    floor = sup.reload_floor
+    floor = fleet.reload_floor
     return floor is not None and any(
-        s.worker is not None and s.worker.generation >= floor and s.worker.state is WorkerState.READY for s in sup.slots
+        s.worker is not None and s.worker.generation >= floor and s.worker.state is WorkerState.READY
+        for s in fleet.slots
     )

@@ -1,4 +1,4 @@
-"""One worker process as the supervisor sees it: its state machine, its exit, its stderr, its health.
+"""One worker process as the supervisor sees it (the fleet's ``WorkerHandle``): its state, exit, stderr and health.
 
 The supervisor waits on a pidfd for the exit (no polling) and reads the worker's stderr through a pipe, echoing it
 to its own log and keeping the last lines, which become the error of a worker that failed to start.
@@ -9,56 +9,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import enum
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 
 from ipc.counters import ConnectionCounters
 from ipc.messages import Report
-from supervisor.worker_spec import WorkerSpec
+from ipc.settings import WorkerSpec
+from supervisor.child_env import child_env
+from supervisor.process.worker_state import WorkerStartError, WorkerState, checked_transition
 
 logger = logging.getLogger("wsup.supervisor")
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-
-
-def child_env() -> dict[str, str]:
-    """Our environment, with wsup's packages importable: run from a checkout (bin/wsup) or an install alike."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), _PACKAGE_ROOT) if p)
-    return env
-
-
 STDERR_TAIL_LINES = 20
-
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-
-
-_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
-    WorkerState.STARTING: frozenset({WorkerState.READY, WorkerState.DRAINING, WorkerState.STOPPED}),
-    WorkerState.READY: frozenset({WorkerState.DRAINING, WorkerState.STOPPED}),
-    WorkerState.DRAINING: frozenset({WorkerState.STOPPED}),
-    WorkerState.STOPPED: frozenset(),
-}
-
-
-class IllegalTransitionError(RuntimeError):
-    pass
-
-
-class WorkerStartError(Exception):
-    """A worker exited or reported failure before it was ready. ``str()`` is the worker's own error."""
 
 
 class WorkerProcess:
@@ -124,11 +91,7 @@ class WorkerProcess:
         return self.spec.generation
 
     def transition(self, new: WorkerState) -> None:
-        if new is self.state:
-            return
-        if new not in _TRANSITIONS[self.state]:
-            raise IllegalTransitionError(f"worker {self.pid}: illegal transition {self.state.name} -> {new.name}")
-        self.state = new
+        self.state = checked_transition(self.pid, self.state, new)
 
     # --- events -------------------------------------------------------------------------------------------
     def on_ready(self) -> None:
@@ -210,26 +173,11 @@ class WorkerProcess:
                 pass
         self.send_signal(signal.SIGKILL)
 
-    async def stop(self, sig: int, graceful_timeout: float) -> int:
-        """Ask the worker to drain and exit; escalate to SIGKILL of its tree past ``graceful_timeout``."""
+    def drain(self, sig: int) -> None:
+        """Tell the worker to drain and exit (``ipc.signals``); the fleet escalates past the graceful timeout."""
         if self.state is not WorkerState.STOPPED:
             self.transition(WorkerState.DRAINING)
         self.send_signal(sig)
-        try:
-            return await asyncio.wait_for(asyncio.shield(self.exited), graceful_timeout)
-        except TimeoutError:
-            logger.warning(
-                "worker %d (slot %d) did not exit in %.1fs: killing it", self.pid, self.slot, graceful_timeout
-            )
-            self.kill_tree()
-            return await self.exited
-
-    async def wait_ready(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(asyncio.shield(self.ready), timeout)
-        except TimeoutError:
-            tail = " | ".join(list(self.stderr_tail)[-3:])
-            raise WorkerStartError(f"not ready within {timeout:g}s" + (f": {tail}" if tail else "")) from None
 
     def live_connections(self) -> int:
         """Connections it holds now: from the shared counts (exact, current), else its last report."""
@@ -237,6 +185,22 @@ class WorkerProcess:
             return self.counters.read().live
         report = self.last_report
         return report.websocket + report.http if report else 0
+
+    def usage(self) -> tuple[float, int]:
+        if self.metrics is None or self.exited.done():
+            return 0.0, 0
+        try:
+            return self.metrics.cpu_percent(None), self.metrics.memory_info().rss
+        except psutil.Error:
+            return 0.0, 0
+
+    def last_counts(self) -> dict[str, int]:
+        report = self.last_report
+        return {"http": report.http, "websocket": report.websocket} if report else {"http": 0, "websocket": 0}
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        return list(self.stderr_tail)
 
     def report_age(self) -> float:
         return time.monotonic() - self.last_seen

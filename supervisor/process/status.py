@@ -12,19 +12,13 @@ from typing import Any
 
 import psutil
 
-from supervisor.slots import Slot
-from supervisor.worker_process import WorkerProcess
+from supervisor.process.fleet import Fleet
+from supervisor.process.slots import Slot, WorkerHandle
 
 
-def _worker_row(worker: WorkerProcess, slot: Slot | None, weight: int | None, total_weight: int) -> dict[str, Any]:
+def _worker_row(worker: WorkerHandle, slot: Slot | None, weight: int | None, total_weight: int) -> dict[str, Any]:
     report = worker.last_report
-    cpu, rss = 0.0, 0
-    if worker.metrics is not None and not worker.exited.done():
-        try:
-            cpu = worker.metrics.cpu_percent(None)
-            rss = worker.metrics.memory_info().rss
-        except psutil.Error:
-            pass
+    cpu, rss = worker.usage()
     http = report.http if report else 0
     websocket = report.websocket if report else 0
     requests = report.requests if report else 0
@@ -66,12 +60,13 @@ def bus_totals(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
 def build_status(
     *,
     info: dict[str, Any],
-    slots: Sequence[Slot],
-    retiring: Sequence[WorkerProcess],
+    fleet: Fleet,
     balance: dict[str, Any],
     ipc: dict[str, Any],
     started_at: float,
+    errors: dict[str, Any],
 ) -> dict[str, Any]:
+    slots = fleet.slots
     weights: list[int] = list(balance.get("weights") or [])
     total_weight = sum(weights)
     rows = []
@@ -92,8 +87,10 @@ def build_status(
                     "next_start_in_s": round(max(0.0, slot.next_start_at - time.monotonic()), 2),
                 }
             )
-    draining = [_worker_row(worker, None, 0, total_weight) for worker in retiring]
-    live = [row for row in rows + draining if row.get("pid") is not None]
+    draining = [_worker_row(entry.worker, None, 0, total_weight) for entry in fleet.draining]
+    # Replacements a reload started that are not serving yet (they take no steered connections).
+    starting = [_worker_row(worker, None, 0, total_weight) for worker in fleet.candidates()]
+    live = [row for row in rows + draining + starting if row.get("pid") is not None]
     try:
         supervisor_rss = psutil.Process(os.getpid()).memory_info().rss
     except psutil.Error:
@@ -104,10 +101,12 @@ def build_status(
             "pid": os.getpid(),
             "rss_bytes": supervisor_rss,
             "uptime_s": round(time.time() - started_at, 1),
+            "errors": errors,
         },
         "balance": balance,
         "workers": rows,
         "draining": draining,
+        "starting": starting,
         "totals": {
             "workers": len(slots),
             "ready": sum(1 for row in rows if row["state"] == "ready"),

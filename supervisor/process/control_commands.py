@@ -1,7 +1,7 @@
 """The supervisor's control commands: what `wsup status/stop/reload/scale/restart/publish` ask of a running instance.
 
 Each command is a method; ``handle`` dispatches by name and validates arguments, raising typed errors that the
-control server turns into error replies.
+control server turns into error replies. Signals arrive here too, as the same requests (see ``Supervisor``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from ipc.control import ProgressSink
 from ipc.errors import ConfigError
 from ipc.messages import JSONObject, Request
-from supervisor.status import build_status
+from supervisor.process.status import build_status
 
-if TYPE_CHECKING:
-    from supervisor.supervisor import Supervisor
+if TYPE_CHECKING:  # the supervisor hands itself in; this module only reads it and calls its operations
+    from supervisor.process.supervisor import Supervisor
 
 Command = Callable[[JSONObject, ProgressSink], Awaitable[JSONObject]]
 
@@ -50,44 +50,43 @@ class ControlCommands:
 
     def snapshot(self) -> dict[str, Any]:
         sup = self.sup
-        assert sup.stats_receiver is not None and sup.control_server is not None and sup.bus is not None
+        fleet = sup.fleet
         return build_status(
-            info={**sup.info, "operation": sup.rollouts.running},
-            slots=sup.slots,
-            retiring=sup.retiring,
+            info={**sup.info, "operation": sup.operations.running, "stopping": fleet.stopping},
+            fleet=fleet,
             balance=sup.steering.describe(),
             ipc={
-                "malformed_stats": sup.stats_receiver.malformed,
-                "malformed_control": sup.control_server.malformed,
+                "malformed_stats": sup.stats.malformed,
+                "malformed_control": sup.control.malformed,
                 "unknown_reports": sup.unknown_reports,
-                "dropped_reports": sum(w.last_report.dropped_reports for w in sup.workers.values() if w.last_report),
+                "dropped_reports": sum(w.last_report.dropped_reports for w in fleet.workers() if w.last_report),
                 "published_by_supervisor": sup.bus.published,
             },
             started_at=sup.started_at,
+            errors=sup.tasks.errors.describe(),
         )
 
     async def stop(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
         sup = self.sup
-        pids = [os.getpid(), *sup.workers]
+        pids = [os.getpid(), *(w.pid for w in sup.fleet.workers())]
         # Answer first, then stop: the CLI waits for these pids to be gone.
         asyncio.get_running_loop().call_soon(sup.request_stop)
         return {"stopping": True, "pids": pids, "graceful_timeout": sup.config.graceful_timeout}
 
     async def reload(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
         batch = args.get("batch")
-        if batch is not None and not isinstance(batch, int):
+        if batch is not None and (not isinstance(batch, int) or isinstance(batch, bool)):
             raise ConfigError(f"reload --batch must be a whole number, got {batch!r}")
-        return await self.sup.rollouts.reload(progress, batch)
+        return await self.sup.operations.reload(progress, batch)
 
     async def scale(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
         count = args.get("workers")
         if not isinstance(count, int) or isinstance(count, bool):
             raise ConfigError(f"scale needs a whole number of workers, got {count!r}")
-        return await self.sup.rollouts.scale(count, progress)
+        return await self.sup.operations.scale(count, progress)
 
     async def restart(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
-        return await self.sup.rollouts.restart(progress)
+        return await self.sup.operations.restart(progress)
 
     async def publish(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
-        assert self.sup.bus is not None
         return self.sup.bus.handle_command(args)

@@ -1,0 +1,107 @@
+"""What a worker process is told: the user's worker settings (defaults live here and nowhere else) and the spec of
+one spawn (its slot, socket, generation and endpoints), passed as one JSON document on the worker's command line.
+
+``WorkerSettings`` is owned by the supervisor's config (``SupervisorConfig.worker``): the CLI, a config file and the
+supervisor all read the same fields, so no value is copied from one dataclass to another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ipc.bus_queue import Policy, validate_limit
+from ipc.bus_wire import DEFAULT_MAX_BYTES
+from ipc.errors import ConfigError
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+MAX_BUS_MAX_BYTES = 64 << 20  # one message is copied once per worker; beyond this, send a link to the data
+_APP_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def validate_app_path(app: str) -> str:
+    """Check the ``module:attribute`` syntax without importing anything (the supervisor never imports the app)."""
+    if not _APP_RE.match(app):
+        raise ConfigError(f"APP must look like 'module:attribute' (e.g. 'app:asgi'), got {app!r}")
+    return app
+
+
+def option(name: str) -> str:
+    """A field's command-line spelling, for error messages: ``graceful_timeout`` -> ``--graceful-timeout``."""
+    return "--" + name.replace("_", "-")
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    """Refuse a value outside ``[low, high]`` (and NaN), naming the option."""
+    if not (low <= value <= high) or (isinstance(value, float) and math.isnan(value)):
+        raise ConfigError(f"{option(name)} must be between {low:g} and {high:g}, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """The user's settings that every worker of an instance runs with."""
+
+    app: str
+    factory: bool = False
+    app_dir: str = "."
+    log_level: str = "info"
+    access_log: bool = True
+    timeout_keep_alive: float = 5.0
+    graceful_timeout: float = 30.0  # drain budget of a worker before TERM→KILL escalation
+    ws_drain_window: float = 2.0  # WebSocket closes are spread over this window so clients do not reconnect at once
+    idle_grace: float = 1.0  # an idle keep-alive connection of a draining worker is closed after this
+    bus_queue: int = 256  # per-WebSocket-client bounded send queue of the broadcast bus, in messages
+    bus_policy: str = "drop-oldest"  # what a full queue does: drop-oldest or disconnect
+    bus_max_bytes: int = DEFAULT_MAX_BYTES  # largest message the bus accepts
+    bus_coalesce_ms: float = 5.0  # under load, a client's messages of this window share one write (0: never)
+
+    def __post_init__(self) -> None:
+        validate_app_path(self.app)
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        check_range("timeout_keep_alive", self.timeout_keep_alive, 0, 3600)
+        check_range("graceful_timeout", self.graceful_timeout, 0.1, 86400)
+        check_range("ws_drain_window", self.ws_drain_window, 0, 3600)
+        check_range("idle_grace", self.idle_grace, 0, 3600)
+        validate_limit(self.bus_queue)
+        Policy.parse(self.bus_policy)
+        check_range("bus_max_bytes", self.bus_max_bytes, 1, MAX_BUS_MAX_BYTES)
+        check_range("bus_coalesce_ms", self.bus_coalesce_ms, 0, 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """One worker process: the instance's settings plus what is particular to this spawn."""
+
+    settings: WorkerSettings
+    fd: int  # the slot's listening socket, inherited through pass_fds
+    slot: int
+    generation: int
+    supervisor_pid: int
+    stats_endpoint: str
+    bus_in: str
+    bus_out: str
+    log_fd: int = -1  # where stderr goes once the worker is ready (see WorkerProcess.spawn)
+    counters_fd: int = -1  # the shared page of its connection counters (ipc.counters), -1 for none
+
+    def to_json(self) -> str:
+        return orjson.dumps(dataclasses.asdict(self)).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        try:
+            data: dict[str, Any] = orjson.loads(text)
+            settings = WorkerSettings(**data.pop("settings"))
+            return cls(settings=settings, **data)
+        except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+            raise ConfigError(f"bad worker spec: {exc}") from None
+
+
+def defaults(cls: type[Any]) -> dict[str, Any]:
+    """The default of every field of a settings dataclass that has one (for ``--help`` and ``wsup config``)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}

@@ -1,0 +1,24 @@
+"""The signal contract between the supervisor and its workers, named once.
+
+A worker drains on either signal: it stops accepting on its copy of the slot's socket, finishes requests in flight,
+closes keep-alive connections at a clean point and closes its WebSockets, spread over the drain window, with the
+code that tells clients why: 1012 (Service Restart) when it is being replaced, 1001 (Going Away) when the instance
+stops. SIGINT and SIGHUP are ignored by workers: Ctrl-C reaches the whole foreground process group, and the
+supervisor orchestrates the stop.
+"""
+
+from __future__ import annotations
+
+import signal
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_SERVICE_RESTART = 1012
+
+DRAIN_FOR_REPLACEMENT = signal.SIGUSR1  # reload, restart, scale-down: clients should reconnect
+DRAIN_FOR_STOP = signal.SIGTERM  # the instance stops
+
+CLOSE_CODE_FOR: dict[signal.Signals, int] = {
+    DRAIN_FOR_REPLACEMENT: CLOSE_SERVICE_RESTART,
+    DRAIN_FOR_STOP: CLOSE_GOING_AWAY,
+}
+IGNORED_BY_WORKERS = (signal.SIGINT, signal.SIGHUP)

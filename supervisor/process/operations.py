@@ -1,0 +1,110 @@
+"""Rolling changes to a running instance: zero-downtime reload (``wsup reload``, SIGHUP), scale and restart.
+
+Each is a sequence of requests to the fleet, which alone starts, swaps and drains workers. A reload replaces slots
+in batches, least-loaded first: the replacement starts on the slot's own socket, and only once it reports READY is
+it swapped in and the old worker drained (1012 to its WebSockets, spread over the drain window). If a replacement
+fails, the reload stops and the old workers keep serving: a broken deploy never takes the service down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from ipc.errors import ConfigError, OperationInterruptedError, ReloadFailedError, ReloadInProgressError
+from supervisor.config import MAX_WORKERS
+from supervisor.process.batches import Progress
+from supervisor.process.fleet import Fleet
+from supervisor.process.slots import Slot
+
+logger = logging.getLogger("wsup.rollout")
+HEARTBEAT_S = 1.0  # progress heartbeats keep `wsup reload` from mistaking a long drain for a dead supervisor
+
+
+def reload_order(slots: Sequence[Slot]) -> list[Slot]:
+    """Least-loaded first: the first replacement takes all of its predecessor's returning clients (it is the only
+    one taking connections), so it should be the smallest; surpluses of later slots then spread over every replaced
+    slot still below its share."""
+
+    def load(slot: Slot) -> int:
+        return slot.worker.live_connections() if slot.worker is not None else 0
+
+    return sorted((slot for slot in slots if not slot.removing), key=load)
+
+
+def batches(slots: Sequence[Slot], size: int) -> list[list[Slot]]:
+    return [list(slots[first : first + size]) for first in range(0, len(slots), size)]
+
+
+class Operations:
+    """Runs one rolling operation at a time; a second request while one runs is refused, not queued."""
+
+    def __init__(self, fleet: Fleet, default_batch: int) -> None:
+        self.fleet = fleet
+        self.default_batch = default_batch
+        self.running: str | None = None
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, what: str, progress: Progress) -> AsyncIterator[None]:
+        if self.running is not None:
+            raise ReloadInProgressError(f"a {self.running} is in progress: wait for it to finish, then try again")
+        if self.fleet.stopping:
+            raise OperationInterruptedError("the instance is stopping")
+        self.running = what
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(HEARTBEAT_S)
+                progress({"event": "waiting", "operation": what})
+
+        heartbeat = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            heartbeat.cancel()
+            self.running = None
+
+    async def reload(self, progress: Progress, batch: int | None = None) -> dict[str, Any]:
+        fleet = self.fleet
+        size = batch or self.default_batch
+        if size < 1:
+            raise ConfigError(f"--batch must be at least 1, got {size}")
+        async with self._exclusive("reload", progress):
+            started = time.monotonic()
+            replaced: list[dict[str, Any]] = []
+            with fleet.rolling():
+                for group in batches(reload_order(fleet.slots[: fleet.target]), size):
+                    replaced += await fleet.replace(group, "reload", progress)
+            seconds = round(time.monotonic() - started, 2)
+            logger.info("reload finished: %d slots replaced in %.2fs", len(replaced), seconds)
+            return {"slots": replaced, "seconds": seconds}
+
+    async def scale(self, count: int, progress: Progress) -> dict[str, Any]:
+        if not 1 <= count <= MAX_WORKERS:
+            raise ConfigError(f"scale needs a worker count between 1 and {MAX_WORKERS}, got {count}")
+        async with self._exclusive("scale", progress):
+            before = self.fleet.target
+            if count > before:
+                await self.fleet.grow(count, progress)
+            elif count < before:
+                await self.fleet.shrink(count, progress)
+            return {"from": before, "to": count}
+
+    async def restart(self, progress: Progress) -> dict[str, Any]:
+        """Drain every worker at once and start new ones: not zero-downtime, for when that is what is wanted.
+
+        The listeners stay open, so connections that arrive meanwhile wait in the accept queues instead of being
+        refused, and are served once the new workers are up.
+        """
+        fleet = self.fleet
+        async with self._exclusive("restart", progress):
+            started = time.monotonic()
+            with fleet.rolling():
+                pids, errors = await fleet.restart()
+            if errors:
+                raise ReloadFailedError("restart: " + "; ".join(errors) + " (failed slots are retried with backoff)")
+            return {"pids": pids, "seconds": round(time.monotonic() - started, 2)}

@@ -1,0 +1,191 @@
+"""The supervisor process: opens what the instance owns (its name's lock, the listening sockets, the ZeroMQ
+endpoints), runs the fleet and steering under supervised tasks, and closes it all in reverse order.
+
+Signal handlers only enqueue: SIGHUP becomes the same ``reload`` request as `wsup reload`, SIGTERM and SIGINT the
+same ``stop`` as `wsup stop`, and one task runs them through the control commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ipc.bus_proxy import BusProxy
+from ipc.control import ControlServer
+from ipc.endpoints import InstanceLock, InstancePaths
+from ipc.errors import WsupError
+from ipc.messages import Failed, Ready, Request
+from ipc.settings import WorkerSpec
+from ipc.stats import StatsReceiver
+from supervisor.config import SupervisorConfig
+from supervisor.process.control_commands import ControlCommands
+from supervisor.process.fleet import Fleet, FleetTiming
+from supervisor.process.listeners import ListenerGroup, resolve
+from supervisor.process.operations import Operations
+from supervisor.process.slot_loads import slot_loads
+from supervisor.process.tasks import TaskSupervisor
+from supervisor.process.worker_process import WorkerProcess
+from supervisor.steering.arrivals import ArrivalWatch
+from supervisor.steering.controller import Steering
+
+logger = logging.getLogger("wsup.supervisor")
+_SIGNAL_REQUESTS = {signal.SIGTERM: "stop", signal.SIGINT: "stop", signal.SIGHUP: "reload"}
+
+
+class Supervisor:
+    def __init__(self, config: SupervisorConfig, paths: InstancePaths) -> None:
+        self.config = config
+        self.paths = paths
+        self.started_at = time.time()
+        self.info: dict[str, Any] = {"name": paths.name, "app": config.app}
+        self.tasks = TaskSupervisor()
+        self.steering = Steering(config.balance)
+        self.arrivals = ArrivalWatch(lambda: self.steer_and_watch())
+        self.unknown_reports = 0
+        self._stop_requested = asyncio.Event()
+        self._signals: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
+        self.signals_dropped = 0
+
+    async def run(self, on_ready: Callable[[dict[str, Any]], None]) -> None:
+        config, paths = self.config, self.paths
+        async with contextlib.AsyncExitStack() as stack:
+            lock = InstanceLock(paths)
+            stack.callback(lock.release)
+            context = zmq.asyncio.Context()
+            stack.callback(context.destroy, 0)
+            self.listeners = ListenerGroup.open(resolve(config.host, config.port), config.workers, config.backlog)
+            stack.callback(self.listeners.close)
+            address = self.listeners.address
+            self.info.update(address=address.url, host=address.host, port=address.port)
+            self.stats = StatsReceiver(context, paths.stats)
+            stack.callback(self.stats.close)
+            self.bus = BusProxy(paths.bus_in, paths.bus_out, max_bytes=config.worker.bus_max_bytes)
+            stack.callback(self.bus.close)
+            await self.bus.start()
+            self.fleet = Fleet(
+                self._launch,
+                self.listeners,
+                FleetTiming(config.ready_timeout, config.heartbeat_timeout, config.worker.graceful_timeout),
+                on_change=lambda: self.steer_and_watch(force=True),
+                before_close=self.arrivals.disarm,
+            )
+            stack.callback(self._kill_leftovers)
+            self.operations = Operations(self.fleet, config.reload_batch)
+            self.commands = ControlCommands(self)
+            self.control = ControlServer(context, paths.control, self.commands.handle)
+            stack.callback(self.control.close)
+            stack.push_async_callback(self.tasks.aclose)
+            stack.callback(self.arrivals.disarm)
+            lock.write_info({**self.info, "pid": os.getpid(), "started_at": self.started_at})
+            self._install_signal_handlers()
+            self.tasks.supervise("reconcile", self.fleet.run)
+            self.tasks.supervise("stats", self._pump_stats)
+            self.tasks.supervise("control", self.control.serve)
+            self.tasks.supervise("signals", self._run_signals)
+            try:
+                await self.fleet.start(config.workers)
+                logger.info("%d workers ready on %s (%s)", config.workers, address.url, self.steering.mode)
+                on_ready({**self.info, "workers": [s.worker.pid for s in self.fleet.slots if s.worker]})
+                await self._stop_requested.wait()
+                logger.info("stopping: draining %d workers", len(list(self.fleet.workers())))
+            finally:
+                await self.fleet.stop()
+
+    def _launch(self, slot: int, generation: int) -> WorkerProcess:
+        spec = WorkerSpec(
+            settings=self.config.worker,
+            fd=self.listeners.fileno(slot),
+            slot=slot,
+            generation=generation,
+            supervisor_pid=os.getpid(),
+            stats_endpoint=self.paths.stats,
+            bus_in=self.paths.bus_in,
+            bus_out=self.paths.bus_out,
+        )
+        return WorkerProcess.spawn(spec)
+
+    def _kill_leftovers(self) -> None:
+        """The last resort on the way out (the stop already drained them): no worker outlives its supervisor."""
+        for worker in self.fleet.workers():
+            worker.kill_tree()
+
+    # --- signals: handlers only enqueue ---------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig, cmd in _SIGNAL_REQUESTS.items():
+            loop.add_signal_handler(sig, self._enqueue_signal, cmd)
+
+    def _enqueue_signal(self, cmd: str) -> None:
+        try:
+            self._signals.put_nowait(cmd)
+        except asyncio.QueueFull:
+            self.signals_dropped += 1  # 64 signals not yet handled: one more of the same changes nothing
+
+    async def _run_signals(self) -> None:
+        while True:
+            cmd = await self._signals.get()
+            logger.info("signal: %s", cmd)
+            # The same request the CLI sends, through the same commands; a reload runs beside later signals.
+            request = Request(id=f"signal-{cmd}", cmd=cmd, args={})
+            self.tasks.spawn(f"signal-{cmd}", self._handle_quietly(request))
+
+    async def _handle_quietly(self, request: Request) -> None:
+        try:
+            await self.commands.handle(request, lambda event: None)
+        except WsupError as exc:
+            logger.error("%s: %s", request.cmd, exc)
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    # --- worker messages ----------------------------------------------------------------------------------
+    async def _pump_stats(self) -> None:
+        while True:
+            message = await self.stats.receive()
+            worker = self.fleet.find(message.pid)
+            if worker is None or worker.slot != message.slot or worker.generation != message.generation:
+                self.unknown_reports += 1
+                continue
+            if isinstance(message, Ready):
+                worker.on_ready()
+                self.fleet.wake()
+                self.steer(force=True)
+            elif isinstance(message, Failed):
+                worker.on_failed(message.error)
+                self.fleet.wake()
+            else:
+                worker.on_report(message)
+                self.steer()
+
+    # --- steering -----------------------------------------------------------------------------------------
+    def steer(self, *, force: bool = False, min_interval: float | None = None) -> None:
+        fleet = self.fleet
+        if not fleet.slots or self.steering.mode != "least-conn" or fleet.stopping:
+            return
+        returning = None
+        if fleet.reload_floor is not None:
+            # Clients of the draining workers will reconnect: fill each replaced worker towards its final share.
+            # Their shared counts, like the slots' own: a report lags, and a client that has already come back
+            # would count twice, lifting the share of every slot (traced: the last slot ended ~4 short of 100).
+            returning = float(sum(entry.worker.live_connections() for entry in fleet.draining))
+        loads = slot_loads(fleet, self.listeners.sockets, self.config.stall_after)
+        self.steering.update(self.listeners.sockets, loads, force=force, returning=returning, min_interval=min_interval)
+
+    def steer_and_watch(self, *, force: bool = False) -> None:
+        """Plan now, and watch for the next arrival from ``next_check`` on (see supervisor.steering.arrivals)."""
+        if self.fleet.stopping:
+            self.arrivals.disarm()
+            return
+        self.steer(force=force, min_interval=0.0)
+        if self.steering.mode == "least-conn":
+            listeners = self.listeners
+            self.arrivals.arm_later(self.steering.next_check(), lambda: listeners.sockets)

@@ -1,0 +1,134 @@
+"""uvicorn protocol subclasses that keep wsup's connection counts in O(1) and support a clean drain.
+
+uvicorn keeps every live protocol object in ``server_state.connections``; an upgrade swaps the HTTP protocol for a
+WebSocket one. Counting in their own ``connection_made``/``connection_lost`` gives exact counts without walking the
+set, so the request path pays one integer increment. The counts live in one ``WorkerConnections`` per server, which
+reaches every protocol instance through uvicorn's ``ServerState`` (the object uvicorn hands each of them), so no
+class attribute is written from several places.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+
+from ipc.counters import ACCEPTED, CLOSED, local_cells
+from ipc.websocket_close import close_websocket
+
+if AutoWebSocketsProtocol is None:  # pragma: no cover - uvicorn[standard] always brings websockets
+    raise ImportError("wsup needs a WebSocket implementation: install uvicorn[standard]")
+
+_WebSocketBase: Any = AutoWebSocketsProtocol
+
+
+class WorkerConnections:
+    """One server's connection counts and drain state, shared by all of its protocol instances."""
+
+    __slots__ = ("cells", "websocket_live", "websocket_opened", "draining", "on_lost")
+
+    def __init__(self, cells: memoryview | None = None) -> None:
+        # Every TCP connection accepted and ended (a WebSocket starts as an HTTP connection and ends as a WebSocket),
+        # in the page shared with the supervisor (ipc.counters): steering reads them live. Private memory otherwise.
+        self.cells = cells if cells is not None else local_cells()
+        self.websocket_live = 0
+        self.websocket_opened = 0
+        self.draining = False
+        self.on_lost: Callable[[], None] | None = None  # set by the drain, to wake it when a connection ends
+
+    def lost(self) -> None:
+        if self.on_lost is not None:
+            self.on_lost()
+
+
+class WsupServerState(ServerState):
+    """uvicorn's per-server state, carrying wsup's counts to every protocol instance."""
+
+    def __init__(self, connections: WorkerConnections) -> None:
+        super().__init__()
+        self.wsup = connections
+
+
+def _connections_of(server_state: ServerState) -> WorkerConnections:
+    # A plain ServerState (a protocol built outside a wsup worker, as in tests) counts into private memory.
+    found = getattr(server_state, "wsup", None)
+    return found if isinstance(found, WorkerConnections) else WorkerConnections()
+
+
+class WsupHttpProtocol(HttpToolsProtocol):
+    """httptools HTTP/1.1 that counts connections and answers with ``Connection: close`` once its worker drains."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.wsup = _connections_of(server_state)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.wsup.cells[ACCEPTED] += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Not called for a connection upgraded to a WebSocket: the transport then belongs to the WebSocket protocol.
+        self.wsup.cells[CLOSED] += 1
+        super().connection_lost(exc)
+        self.wsup.lost()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        # A keep-alive connection is closed at a clean point: right after the response to its next request.
+        if self.wsup.draining and self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def is_idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def close_if_idle_after(self, grace_s: float) -> None:
+        """Replace the keep-alive timer with a short one: an idle connection closes after ``grace_s``.
+
+        Any byte received cancels the timer (uvicorn does that in ``data_received``), so a request that arrives
+        in the grace period is answered, with ``Connection: close``, instead of being cut.
+        """
+        self._unset_keepalive_if_required()
+        self.timeout_keep_alive_task = self.loop.call_later(grace_s, self.timeout_keep_alive_handler)
+
+
+class WsupWebSocketProtocol(_WebSocketBase):  # type: ignore[misc]
+    """The WebSocket protocol uvicorn would pick, counting live and total sessions."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.wsup = _connections_of(server_state)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.wsup.websocket_live += 1
+        self.wsup.websocket_opened += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.wsup.websocket_live -= 1
+        self.wsup.cells[CLOSED] += 1
+        super().connection_lost(exc)
+        self.wsup.lost()
+
+    def close_with(self, code: int) -> None:
+        """Close from the server side with ``code`` (1012 on reload, 1001 on stop), telling the app too."""
+        if not (isinstance(self, WebSocketsSansIOProtocol) and close_websocket(self, code)):
+            # Other implementations (or a handshake still in progress) close the way uvicorn does: code 1012.
+            self.shutdown()
