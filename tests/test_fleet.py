@@ -253,7 +253,7 @@ def test_scale_down_during_a_crash_loop_removes_the_highest_slots() -> None:
         await h.started(4)
         for _ in range(3):  # slot 3 crashes in a loop: each next worker waits out a growing backoff
             crashing = h.fleet.slots[3].worker
-            assert crashing is not None
+            assert isinstance(crashing, FakeWorker)
             crashing.exit(1)
             await h.settle()
             h.now += 0.6
