@@ -223,6 +223,7 @@ def test_reload_replaces_least_loaded_first_and_drains_only_after_the_swap() -> 
         assert [event["slot"] for event in result["slots"]] == [1, 2, 0]
         assert h.fleet.reload_floor is None and operations.running is None
         assert all(w.generation >= 4 for w in h.workers())
+        assert [slot.last_reason for slot in h.fleet.slots] == ["reload"] * 3
 
     run(scenario)
 
@@ -336,6 +337,7 @@ def test_a_crashed_worker_is_replaced_after_its_backoff_and_a_silent_one_is_kill
         silent.age = 31.0
         await h.settle()
         assert silent.killed and "no heartbeat" in (h.fleet.slots[1].last_error or "")
+        assert h.fleet.slots[0].replacements == {"crash": 1} and h.fleet.slots[1].last_reason == "heartbeat"
 
     run(scenario)
 

@@ -74,6 +74,7 @@ class Fleet:
         self._waiters: list[Waiter] = []
         self._by_pid: dict[int, WorkerHandle] = {}
         self._killed: set[int] = set()
+        self._kill_reasons: dict[int, str] = {}  # pid -> why the fleet killed it (a worker's own exit: "crash")
         self._wake = asyncio.Event()
 
     # --- reads ---------------------------------------------------------------------------------------------
@@ -156,6 +157,7 @@ class Fleet:
         failures = {slot.index: slot.failures for slot in self.slots}
         for slot in self.slots:
             slot.held = True
+            slot.replaced("restart")
             if slot.worker is not None:
                 self._drain(slot.worker, DRAIN_FOR_REPLACEMENT, "restart")
                 slot.worker = None
@@ -239,6 +241,7 @@ class Fleet:
             if worker is None or not worker.exited.done():
                 continue
             slot.worker = None
+            reason = self._kill_reasons.get(worker.pid, "crash")
             self._forget(worker)
             changed = True
             error = worker.error or _start_error(worker) or f"worker exited with code {worker.exited.result()}"
@@ -246,6 +249,7 @@ class Fleet:
                 slot.last_error = error
                 continue
             ready_for = now - worker.ready_at if worker.ready_at is not None else None
+            slot.replaced(reason)
             delay = slot.record_exit(now, ready_for, error)
             (logger.error if slot.crash_loop else logger.warning)(
                 "slot %d: worker %d exited (%s); restarting in %.2fs%s",
@@ -263,6 +267,7 @@ class Fleet:
     def _forget(self, worker: WorkerHandle) -> None:
         self._by_pid.pop(worker.pid, None)
         self._killed.discard(worker.pid)
+        self._kill_reasons.pop(worker.pid, None)
 
     def _escalate(self, now: float) -> None:
         for entry in self.draining:
@@ -281,6 +286,7 @@ class Fleet:
                     continue
                 if worker.state is WorkerState.STARTING and now - worker.started_at > self.timing.ready_timeout:
                     self._kill(worker, f"not ready within {self.timing.ready_timeout:g}s")
+                    self._kill_reasons[worker.pid] = "start-timeout"
                 elif worker.state is WorkerState.READY and worker.report_age() > self.timing.heartbeat_timeout:
                     if worker.pid not in self._killed:
                         logger.error(
@@ -288,6 +294,7 @@ class Fleet:
                             slot.index, worker.pid, worker.report_age(),
                         )  # fmt: skip
                     self._kill(worker, f"no heartbeat for {worker.report_age():.1f}s")
+                    self._kill_reasons[worker.pid] = "heartbeat"
 
     def _fill(self, now: float) -> None:
         for slot in self.slots[: self.target]:
@@ -330,6 +337,7 @@ class Fleet:
             old, new = slot.worker, slot.candidate
             assert new is not None
             slot.worker, slot.candidate = new, None
+            slot.replaced(batch.reason)
             if old is None:
                 batch.replaced(slot.index, None, new.pid, {}, 0.0)
                 continue

@@ -9,6 +9,7 @@ worker that served healthily for a while resets the count, so a rare crash is re
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -94,6 +95,14 @@ class Slot:
     failures: int = 0  # consecutive exits that were not preceded by a healthy run
     next_start_at: float = 0.0  # monotonic time before which no new worker is started
     last_error: str | None = None
+    # Why the slot's worker was last replaced ("crash", "heartbeat", "start-timeout", "reload", "restart", or a
+    # recycling limit), and how often for each reason: status and metrics show both; counts never go back.
+    last_reason: str | None = None
+    replacements: Counter[str] = field(default_factory=Counter)
+
+    def replaced(self, reason: str) -> None:
+        self.last_reason = reason
+        self.replacements[reason] += 1
 
     @property
     def crash_loop(self) -> bool:

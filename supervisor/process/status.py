@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +43,8 @@ def _worker_row(worker: WorkerHandle, slot: Slot | None, weight: int | None, tot
         "weight": weight,
         "weight_share": round(weight / total_weight, 4) if weight is not None and total_weight else None,
         "crash_loop": slot.crash_loop if slot else False,
+        "reason": slot.last_reason if slot else None,
+        "replacements": dict(slot.replacements) if slot else {},
         "last_error": slot.last_error if slot else worker.error,
         "bus": dict(report.bus) if report else {},
     }
@@ -83,6 +86,8 @@ def build_status(
                     "connections": {"http": 0, "websocket": 0},
                     "restarts": slot.restarts,
                     "crash_loop": slot.crash_loop,
+                    "reason": slot.last_reason,
+                    "replacements": dict(slot.replacements),
                     "last_error": slot.last_error,
                     "next_start_in_s": round(max(0.0, slot.next_start_at - time.monotonic()), 2),
                 }
@@ -118,6 +123,7 @@ def build_status(
             "rss_bytes": sum(row.get("rss_bytes", 0) for row in live),
             "cpu_percent": round(sum(row.get("cpu_percent", 0.0) for row in live), 1),
             "restarts": sum(slot.restarts for slot in slots),
+            "replacements": dict(sum((slot.replacements for slot in slots), Counter[str]())),
             "bus": bus_totals(live),
         },
         "ipc": ipc,
