@@ -9,22 +9,36 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ipc.bus_proxy import BusProxy
 from ipc.control import ProgressSink
 from ipc.errors import ConfigError
 from ipc.messages import JSONObject, Request
-from supervisor.process.status import build_status
-
-if TYPE_CHECKING:  # the supervisor hands itself in; this module only reads it and calls its operations
-    from supervisor.process.supervisor import Supervisor
+from supervisor.process.operations import Operations
 
 Command = Callable[[JSONObject, ProgressSink], Awaitable[JSONObject]]
 
 
 class ControlCommands:
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.sup = supervisor
+    """The commands, over what they need of the supervisor, handed in explicitly."""
+
+    def __init__(
+        self,
+        *,
+        operations: Operations,
+        bus: BusProxy,
+        snapshot: Callable[[], dict[str, Any]],
+        request_stop: Callable[[], None],
+        worker_pids: Callable[[], list[int]],
+        graceful_timeout: float,
+    ) -> None:
+        self.operations = operations
+        self.bus = bus
+        self.snapshot = snapshot
+        self.request_stop = request_stop
+        self.worker_pids = worker_pids
+        self.graceful_timeout = graceful_timeout
         self._table: dict[str, Command] = {
             "ping": self.ping,
             "status": self.status,
@@ -48,45 +62,26 @@ class ControlCommands:
     async def status(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
         return self.snapshot()
 
-    def snapshot(self) -> dict[str, Any]:
-        sup = self.sup
-        fleet = sup.fleet
-        return build_status(
-            info={**sup.info, "operation": sup.operations.running, "stopping": fleet.stopping},
-            fleet=fleet,
-            balance=sup.steering.describe(),
-            ipc={
-                "malformed_stats": sup.stats.malformed,
-                "malformed_control": sup.control.malformed,
-                "unknown_reports": sup.unknown_reports,
-                "dropped_reports": sum(w.last_report.dropped_reports for w in fleet.workers() if w.last_report),
-                "published_by_supervisor": sup.bus.published,
-            },
-            started_at=sup.started_at,
-            errors=sup.tasks.errors.describe(),
-        )
-
     async def stop(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
-        sup = self.sup
-        pids = [os.getpid(), *(w.pid for w in sup.fleet.workers())]
+        pids = [os.getpid(), *self.worker_pids()]
         # Answer first, then stop: the CLI waits for these pids to be gone.
-        asyncio.get_running_loop().call_soon(sup.request_stop)
-        return {"stopping": True, "pids": pids, "graceful_timeout": sup.config.graceful_timeout}
+        asyncio.get_running_loop().call_soon(self.request_stop)
+        return {"stopping": True, "pids": pids, "graceful_timeout": self.graceful_timeout}
 
     async def reload(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
         batch = args.get("batch")
         if batch is not None and (not isinstance(batch, int) or isinstance(batch, bool)):
             raise ConfigError(f"reload --batch must be a whole number, got {batch!r}")
-        return await self.sup.operations.reload(progress, batch)
+        return await self.operations.reload(progress, batch)
 
     async def scale(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
         count = args.get("workers")
         if not isinstance(count, int) or isinstance(count, bool):
             raise ConfigError(f"scale needs a whole number of workers, got {count!r}")
-        return await self.sup.operations.scale(count, progress)
+        return await self.operations.scale(count, progress)
 
     async def restart(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
-        return await self.sup.operations.restart(progress)
+        return await self.operations.restart(progress)
 
     async def publish(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
-        return self.sup.bus.handle_command(args)
+        return self.bus.handle_command(args)

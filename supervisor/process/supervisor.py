@@ -32,6 +32,7 @@ from supervisor.process.fleet import Fleet, FleetTiming
 from supervisor.process.listeners import ListenerGroup, resolve
 from supervisor.process.operations import Operations
 from supervisor.process.slot_loads import slot_loads
+from supervisor.process.status import build_status
 from supervisor.process.tasks import TaskSupervisor
 from supervisor.process.worker_process import WorkerProcess
 from supervisor.steering.arrivals import ArrivalWatch
@@ -80,7 +81,14 @@ class Supervisor:
             )
             stack.callback(self._kill_leftovers)
             self.operations = Operations(self.fleet, config.reload_batch)
-            self.commands = ControlCommands(self)
+            self.commands = ControlCommands(
+                operations=self.operations,
+                bus=self.bus,
+                snapshot=self.snapshot,
+                request_stop=self.request_stop,
+                worker_pids=lambda: [w.pid for w in self.fleet.workers()],
+                graceful_timeout=config.graceful_timeout,
+            )
             self.control = ControlServer(context, paths.control, self.commands.handle)
             stack.callback(self.control.close)
             stack.push_async_callback(self.tasks.aclose)
@@ -146,6 +154,24 @@ class Supervisor:
 
     def request_stop(self) -> None:
         self._stop_requested.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The ``status --json`` document."""
+        fleet = self.fleet
+        return build_status(
+            info={**self.info, "operation": self.operations.running, "stopping": fleet.stopping},
+            fleet=fleet,
+            balance=self.steering.describe(),
+            ipc={
+                "malformed_stats": self.stats.malformed,
+                "malformed_control": self.control.malformed,
+                "unknown_reports": self.unknown_reports,
+                "dropped_reports": sum(w.last_report.dropped_reports for w in fleet.workers() if w.last_report),
+                "published_by_supervisor": self.bus.published,
+            },
+            started_at=self.started_at,
+            errors=self.tasks.errors.describe(),
+        )
 
     # --- worker messages ----------------------------------------------------------------------------------
     async def _pump_stats(self) -> None:
