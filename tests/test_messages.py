@@ -1,0 +1,112 @@
+"""ipc/messages.py: the codec that every message crossing a process boundary goes through, and its range checks."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from ipc.errors import NotRunningError, ProtocolError, RemoteError, error_from_kind
+from ipc.messages import MAX_MESSAGE_BYTES, Failed, Ready, Reply, Report, Request, decode, encode
+
+
+def _report(**overrides: object) -> Report:
+    fields: dict[str, object] = dict(
+        pid=1,
+        slot=0,
+        generation=1,
+        seq=1,
+        http=2,
+        websocket=3,
+        in_flight=0,
+        requests=5,
+        websocket_sessions=6,
+        loop_lag_ms=0.5,
+        draining=False,
+        dropped_reports=0,
+    )
+    fields.update(overrides)
+    return Report(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Ready(1, 2, 3),
+        Failed(1, 2, 3, "boom"),
+        _report(),
+        Request("id", "status", {"a": 1}),
+        Reply("id", "ok", {"x": 1}),
+    ],
+)
+def test_codec_round_trip(message: object) -> None:
+    assert decode(encode(message)) == message  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"{", "not valid JSON"),
+        (b"[]", "must be a JSON object"),
+        (b'{"t":"ready","pid":1,"slot":0,"generation":1}', "unsupported protocol version None"),
+        (b'{"v":1,"t":"nope"}', "unknown message type 'nope'"),
+        (b'{"v":1,"t":"ready","pid":1,"slot":0}', "lacks field(s) generation"),
+        (b'{"v":1,"t":"ready","pid":1,"slot":0,"generation":1,"extra":2}', "unknown field 'extra'"),
+        (b'{"v":1,"t":"ready","pid":"1","slot":0,"generation":1}', "'pid' must be int, got str"),
+        (b'{"v":1,"t":"ready","pid":true,"slot":0,"generation":1}', "'pid' must be int, got bool"),
+    ],
+)
+def test_codec_rejects_bad_input(payload: bytes, error: str) -> None:
+    with pytest.raises(ProtocolError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        decode(payload)
+
+
+def test_codec_rejects_oversized_before_parsing() -> None:
+    payload = orjson.dumps(
+        {"v": 1, "t": "failed", "pid": 1, "slot": 0, "generation": 1, "error": "x" * MAX_MESSAGE_BYTES}
+    )
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decode(payload)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("websocket", -1, "'websocket' is out of range: -1"),
+        ("http", 2**64 - 1, "'http' is out of range"),
+        ("requests", 2**53 + 1, "'requests' is out of range"),
+        ("pid", 0, "'pid' is out of range"),
+        ("slot", 10_000, "'slot' is out of range"),
+        ("generation", 0, "'generation' is out of range"),
+        ("loop_lag_ms", -0.5, "'loop_lag_ms' is out of range"),
+        ("loop_lag_ms", 1e300, "'loop_lag_ms' is out of range"),
+        ("bus", {"lost": -5}, "bad counter 'lost'"),
+        ("bus", {"lost": 1.5}, "bad counter 'lost'"),
+        ("bus", {str(i): 1 for i in range(65)}, "has 65 counters"),
+    ],
+)
+def test_reports_with_numbers_out_of_range_are_malformed(field: str, value: object, error: str) -> None:
+    body = orjson.loads(encode(_report()))
+    body[field] = value
+    with pytest.raises(ProtocolError, match=error):
+        decode(orjson.dumps(body))
+
+
+def test_nan_and_infinity_never_parse() -> None:
+    text = encode(_report()).replace(b'"loop_lag_ms":0.5', b'"loop_lag_ms":NaN')
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        decode(text)
+
+
+def test_float_field_accepts_int_but_flag_rejects_int() -> None:
+    body = orjson.loads(encode(_report()))
+    body["loop_lag_ms"] = 3
+    assert decode(orjson.dumps(body)) == _report(loop_lag_ms=3)
+    body["draining"] = 1
+    with pytest.raises(ProtocolError, match="'draining' must be bool"):
+        decode(orjson.dumps(body))
+
+
+def test_typed_errors_survive_the_process_boundary() -> None:
+    assert isinstance(error_from_kind("NotRunningError", "x"), NotRunningError)
+    unknown = error_from_kind("InternalError", "y")
+    assert isinstance(unknown, RemoteError) and unknown.kind == "InternalError"
