@@ -165,6 +165,10 @@ class LoadTracker:
         """
         ordered = validated(loads)
         stalled = self.stalled(now, ordered)
+        if stalled and all(load.slot in stalled for load in ordered if load.eligible):
+            # Never leave out every slot that may take connections: with no weight anywhere the kernel's hash
+            # takes over, and it knows nothing of slots being replaced or removed. They are busy, not lost.
+            stalled = []
         estimates: list[float | None] = [None] * len(ordered)
         for load in ordered:
             if load.eligible and load.slot not in stalled:
