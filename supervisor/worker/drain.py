@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from ipc.settings import WorkerSettings
 from supervisor.worker.protocols import WorkerConnections, WsupHttpProtocol, WsupWebSocketProtocol
 
 logger = logging.getLogger("wsup.worker")
@@ -25,6 +26,14 @@ class DrainResult:
     websocket_closed: int
     forced: int  # connections or tasks still open at the deadline, closed or cancelled by force
     seconds: float
+
+
+def drain_window(settings: WorkerSettings, websockets: int) -> float:
+    """Seconds over which a draining worker closes its ``websockets``: ``--ws-drain-window``, widened so that no more
+    than ``--ws-drain-rate`` clients a second reconnect (a replacement that takes 11,000 reconnects in 2 s cannot
+    answer them all; its accept queue overflows), and at most half the graceful timeout."""
+    paced = websockets / settings.ws_drain_rate if settings.ws_drain_rate > 0 else 0.0
+    return min(max(settings.ws_drain_window, paced), settings.graceful_timeout / 2)
 
 
 def _all_done(server: uvicorn.Server) -> bool:
