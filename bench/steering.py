@@ -10,7 +10,9 @@ least-conn) and each scenario's runs are interleaved across them, so a busy mome
 land on one server only:
 
 1. 400 WebSockets opened at once: max/min connections per worker (by each client's greeting pid).
-2. 400 WebSockets arriving at random instants over 3 s: the same.
+2. 400 WebSockets arriving at random instants over 3 s: the same. And a few users on a quiet service: 4 (then 8)
+   WebSockets opened one after the other 0.2 s apart (and 8 at 20 ms): in how many trials each worker got exactly
+   its share.
 3. The busiest worker killed (SIGKILL) with 400 connected; its clients reconnect over 1 s once the replacement
    serves, and (separately) 0.5-1.5 s after being cut, ready or not: how many land on the replacement, final max/min.
 4. One worker's event loop blocked for 2 s (``tests/apps/stall.py``, on three fresh servers) while clients keep
@@ -49,7 +51,7 @@ import orjson
 # steering_servers (first in this order) puts the repository root on sys.path for the supervisor imports below.
 from steering_clients import new_connection_latencies, percentile
 from steering_report import render, write_section
-from steering_scenarios import STALL_S, burst, crash_refill, loop_stall, spread_out
+from steering_scenarios import STALL_S, burst, crash_refill, loop_stall, sparse, spread_out
 from steering_servers import REPO, SERVERS, Server, build_specs
 from throughput_system import cpu_model, package_versions, wsup_revision
 
@@ -60,12 +62,17 @@ from supervisor.steering.load_tracker import LoadTracker
 WORKERS = 4
 CLIENTS = 400
 SPREAD_OVER_S = 3.0
+# A few users on a quiet service: one WebSocket every 0.2 s (issue 11), and every 20 ms (50/s: where wsup stops
+# placing each arrival on its own, see load_tracker.EXACT_MAX_ARRIVALS_PER_S).
+SPARSE_GAP_S = 0.2
+SPARSE_FAST_GAP_S = 0.02
 STALL_CLIENTS = 50  # over the 2 s stall and 0.5 s after: one every 50 ms on average
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     bursts: int
+    sparse: int
     spread_out: int
     crashes: int
     stalls: int
@@ -73,8 +80,8 @@ class Plan:
     attach_runs: int
 
 
-FULL = Plan(bursts=5, spread_out=3, crashes=2, stalls=2, http_requests=1000, attach_runs=20_000)
-QUICK = Plan(bursts=2, spread_out=1, crashes=1, stalls=1, http_requests=200, attach_runs=2_000)
+FULL = Plan(bursts=5, sparse=8, spread_out=3, crashes=2, stalls=2, http_requests=1000, attach_runs=20_000)
+QUICK = Plan(bursts=2, sparse=2, spread_out=1, crashes=1, stalls=1, http_requests=200, attach_runs=2_000)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -153,6 +160,9 @@ async def demo_scenarios(servers: dict[str, Server], plan: Plan) -> dict[str, di
     out: dict[str, dict[str, Any]] = {name: {} for name in servers}
     parts: list[tuple[str, int, Callable[[Server, int], Awaitable[dict[str, Any]]]]] = [
         ("burst", plan.bursts, lambda server, run: burst(server, CLIENTS)),
+        ("sparse4", plan.sparse, lambda server, run: sparse(server, WORKERS, SPARSE_GAP_S)),
+        ("sparse8", plan.sparse, lambda server, run: sparse(server, 2 * WORKERS, SPARSE_GAP_S)),
+        ("sparse8_fast", plan.sparse, lambda server, run: sparse(server, 2 * WORKERS, SPARSE_FAST_GAP_S)),
         ("spread_out", plan.spread_out, lambda server, run: spread_out(server, CLIENTS, SPREAD_OVER_S, run)),
         ("crash", plan.crashes, lambda server, run: crash_refill(server, CLIENTS, run, when_served=True)),
         ("crash_early", plan.crashes, lambda server, run: crash_refill(server, CLIENTS, run, when_served=False)),
@@ -228,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         "workers": WORKERS,
         "clients": CLIENTS,
         "spread_over_s": SPREAD_OVER_S,
+        "sparse_gap_s": SPARSE_GAP_S,
+        "sparse_fast_gap_s": SPARSE_FAST_GAP_S,
         "stall_s": STALL_S,
         "http_requests": plan.http_requests,
         "command": shlex.join([".venv/bin/python", "bench/steering.py", *(argv or sys.argv[1:])]),
@@ -235,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = tempfile.mkdtemp(prefix="wsup-bs", dir="/tmp")  # short: Unix socket paths must fit in 107 bytes
     log_dir = Path(run_dir) / "logs"
     log_dir.mkdir()
-    results: dict[str, Any] = {"meta": meta, "runs": {"burst": plan.bursts, "spread_out": plan.spread_out}}
+    runs = {"burst": plan.bursts, "spread_out": plan.spread_out, "sparse": plan.sparse}
+    results: dict[str, Any] = {"meta": meta, "runs": runs}
     try:
         print(f"steering benchmark ({'quick' if args.quick else 'full'}); logs in {log_dir}", flush=True)
         with contextlib.ExitStack() as stack:

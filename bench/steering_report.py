@@ -41,6 +41,16 @@ def render(results: dict[str, Any]) -> str:
     def spread_out(server: dict[str, Any]) -> str:
         return _range([run["spread"] for run in server.get("spread_out", [])])
 
+    def even(key: str) -> Any:
+        def cell(server: dict[str, Any]) -> str:
+            trials = server.get(key, [])
+            if not trials:
+                return "n/a"
+            worst = max(trials, key=lambda r: r["counts"][-1] - r["counts"][0])["counts"]
+            return f"{sum(r['even'] for r in trials)}/{len(trials)} (worst {'/'.join(map(str, reversed(worst)))})"
+
+        return cell
+
     def crash(key: str) -> Any:
         def cell(server: dict[str, Any]) -> str:
             runs_ = server.get(key, [])
@@ -96,6 +106,12 @@ def render(results: dict[str, Any]) -> str:
         f" {_cells(results, bursts)} | ≤ 1.05 |",
         f"| {n} arriving over {meta['spread_over_s']:g} s: max/min (min / **median** / max of {runs['spread_out']}) |"
         f" {_cells(results, spread_out)} | ≤ 1.05 |",
+        f"| {meta['workers']} WebSockets {meta['sparse_gap_s']:g} s apart: trials with exactly one per worker |"
+        f" {_cells(results, even('sparse4'))} | all |",
+        f"| {2 * meta['workers']} WebSockets {meta['sparse_gap_s']:g} s apart: trials with exactly two per worker |"
+        f" {_cells(results, even('sparse8'))} | all |",
+        f"| {2 * meta['workers']} WebSockets {meta['sparse_fast_gap_s'] * 1000:g} ms apart: the same |"
+        f" {_cells(results, even('sparse8_fast'))} | |",
         f"| worker killed with {n} connected; its clients back over 1 s once the replacement serves |"
         f" {_cells(results, crash('crash'))} | the new worker refilled first |",
         f"| the same, clients back 0.5-1.5 s after the cut, replacement up or not |"

@@ -73,6 +73,19 @@ async def burst(server: Server, clients: int) -> dict[str, Any]:
     return result
 
 
+async def sparse(server: Server, clients: int, gap_s: float) -> dict[str, Any]:
+    """``clients`` WebSockets opened one after the other, ``gap_s`` apart: whether each worker got its exact share."""
+    batch = Batch()
+    for _ in range(clients):
+        batch.clients.append(await open_one(server.ws_url))
+        await asyncio.sleep(gap_s)  # the next user's arrival, not a wait for the server
+    counts = batch.counts()
+    values = sorted(list(counts.values()) + [0] * (server.workers - len(counts)))
+    result = {"counts": values, "even": values[0] == values[-1]}
+    await _settle(server, [batch])
+    return result
+
+
 async def spread_out(server: Server, clients: int, over_s: float, seed: int) -> dict[str, Any]:
     """``clients`` WebSockets arriving at random instants over ``over_s`` seconds."""
     batch = await arriving(server.ws_url, clients, over_s, seed)

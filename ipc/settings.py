@@ -54,6 +54,7 @@ class WorkerSettings:
     timeout_keep_alive: float = 5.0
     graceful_timeout: float = 30.0  # drain budget of a worker before TERM→KILL escalation
     ws_drain_window: float = 2.0  # WebSocket closes are spread over this window so clients do not reconnect at once
+    ws_drain_rate: float = 1000.0  # ...widened so that at most this many a second reconnect (0: no pacing)
     idle_grace: float = 1.0  # an idle keep-alive connection of a draining worker is closed after this
     bus_queue: int = 256  # per-WebSocket-client bounded send queue of the broadcast bus, in messages
     bus_policy: str = "drop-oldest"  # what a full queue does: drop-oldest or disconnect
@@ -67,6 +68,7 @@ class WorkerSettings:
         check_range("timeout_keep_alive", self.timeout_keep_alive, 0, 3600)
         check_range("graceful_timeout", self.graceful_timeout, 0.1, 86400)
         check_range("ws_drain_window", self.ws_drain_window, 0, 3600)
+        check_range("ws_drain_rate", self.ws_drain_rate, 0, 10_000_000)
         check_range("idle_grace", self.idle_grace, 0, 3600)
         validate_limit(self.bus_queue)
         Policy.parse(self.bus_policy)

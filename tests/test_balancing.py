@@ -10,7 +10,15 @@ from collections.abc import Sequence
 import pytest
 
 from supervisor.steering import load_tracker
-from supervisor.steering.balancing import FLOOR_FRACTION, LOOKAHEAD, SlotLoad, compute_weights, spread, weights_for
+from supervisor.steering.balancing import (
+    FLOOR_FRACTION,
+    LOOKAHEAD,
+    SlotLoad,
+    compute_weights,
+    least_loaded_weights,
+    spread,
+    weights_for,
+)
 from supervisor.steering.bpf import build_weighted_program, evaluate_program
 from supervisor.steering.load_tracker import LoadTracker, Plan
 
@@ -238,7 +246,7 @@ def test_tracker_gives_equal_loads_equal_weights() -> None:
     tracker = LoadTracker()
     plan = step(tracker, 1.0, [shared(slot, 40) for slot in range(4)])
     assert max(plan.weights) - min(plan.weights) <= 1
-    assert plan.stalled == [] and plan.lookahead == LOOKAHEAD and not plan.fast
+    assert plan.stalled == [] and plan.exact and not plan.fast
 
 
 def test_replacement_worker_gets_most_of_the_weight() -> None:
@@ -272,7 +280,7 @@ def test_a_burst_speeds_updates_up_and_widens_nothing_it_should_not() -> None:
     calm = step(tracker, 1.02 + load_tracker.FAST_HOLD_S + 0.05, [shared(slot, 10) for slot in range(4)])
     assert not calm.fast and calm.arrivals_per_s < plan.arrivals_per_s
     later = step(tracker, 5.0, [shared(slot, 10) for slot in range(4)])
-    assert later.arrivals_per_s < 1 and later.lookahead == LOOKAHEAD
+    assert later.arrivals_per_s < 1 and later.exact  # quiet again: each arrival is placed on its own
 
 
 def test_a_stream_of_short_connections_does_not_need_fast_updates() -> None:
@@ -296,6 +304,41 @@ def test_a_keep_alive_pool_gets_mild_weights_while_calm() -> None:
     plan = step(LoadTracker(), 1.0, loads)
     assert not plan.fast and plan.lookahead == pytest.approx(load_tracker.HTTP_LOOKAHEAD * 32)
     assert 0.25 * sum(plan.weights) <= plan.weights[1] < plan.weights[0]
+
+
+def test_sparse_arrivals_go_to_a_least_loaded_slot_each() -> None:
+    # Four WebSockets arriving 0.2 s apart: each plan sends the next one to a slot that has none, ties split evenly.
+    tracker = LoadTracker()
+    counts = [0, 0, 0, 0]
+    now = 1.0
+    for arrival in range(8):
+        plan = step(tracker, now, [shared(slot, count) for slot, count in enumerate(counts)])
+        assert plan.exact and not plan.fast
+        low = min(counts)
+        assert all((weight > 0) == (count == low) for weight, count in zip(plan.weights, counts, strict=True))
+        assert max(plan.weights) - min(w for w in plan.weights if w) <= 1  # ties: equal, to integer rounding
+        program = build_weighted_program(plan.weights)
+        counts[evaluate_program(program, random.Random(arrival).getrandbits(32))] += 1
+        now += 0.2
+    assert counts == [2, 2, 2, 2]
+
+
+def test_exact_placement_is_for_sparse_arrivals_without_keep_alive_pools() -> None:
+    assert least_loaded_weights([3.0, None, 1.0, 1.0]) == [0, 0, 5000, 5000]
+    assert least_loaded_weights([None, None]) == [0, 0]
+    # A steady stream of short connections (50/s and more) gets smooth weights, not everything to one slot.
+    tracker = LoadTracker()
+    now, accepted = 1.0, 0
+    for _ in range(10):
+        plan = step(tracker, now, [shared(0, 2, accepted), shared(1, 3, accepted)])
+        now, accepted = now + 0.05, accepted + 5
+    assert plan.arrivals_per_s >= load_tracker.EXACT_MAX_ARRIVALS_PER_S and not plan.exact
+    assert min(plan.weights) > 0
+    # Keep-alive pools (two or more HTTP connections per slot) keep mild weights: a pool reconnects unseen.
+    pool = [SlotLoad(slot, True, 0, 3, 0, 0, 0.02, 3 + slot, 3 + slot) for slot in range(2)]
+    assert not step(LoadTracker(), 1.0, pool).exact
+    # During a reload's refill, the refill policy applies.
+    assert not LoadTracker().plan(1.0, [shared(0, 1), shared(1, 0)], returning=10.0).exact
 
 
 def test_a_new_worker_on_a_slot_counts_from_zero() -> None:

@@ -185,3 +185,34 @@ def test_hash_balance_leaves_placement_to_the_kernel(start_wsup: Callable[..., I
             await close_all(connections)
 
     asyncio.run(scenario())
+
+
+def test_sparse_arrivals_are_placed_one_per_least_loaded_worker(start_wsup: Callable[..., Instance]) -> None:
+    """Eight WebSockets, each opened once the previous one is seen: exactly two per worker, every time."""
+    wsup = start_wsup("app:asgi", "-i", "4")
+    wsup.wait_ready(4)
+
+    def planned_for(seen: dict[int, int]) -> bool:
+        # The program in force sends the next connection only to the workers holding the fewest.
+        status = wsup.status()
+        counts = {w["pid"]: w["connections"]["websocket"] for w in status["workers"]}
+        weights = {w["pid"]: w["weight"] for w in status["workers"]}
+        low = min(counts.values())
+        return (
+            status["balance"]["exact"]
+            and {p: c for p, c in counts.items() if c} == seen
+            and all((weights[pid] > 0) == (count == low) for pid, count in counts.items())
+        )
+
+    async def scenario() -> dict[int, int]:
+        clients: Connections = []
+        try:
+            for _ in range(8):
+                seen = tally(clients)
+                await asyncio.to_thread(wait_until, lambda s=seen: planned_for(s), 20.0, 0.05, f"a plan for {seen}")
+                clients += await open_websockets(f"{wsup.ws_url}/ws", 1)
+            return tally(clients)
+        finally:
+            await close_all(clients)
+
+    assert sorted(asyncio.run(scenario()).values()) == [2, 2, 2, 2]

@@ -28,7 +28,8 @@ __all__ = ["render_instances", "render_status"]
 # `wsup start` options that are settings (the rest steer the CLI itself: --daemon, --log-file, --notify-fd).
 START_OPTIONS = frozenset(
     {"app", "instances", "name", "host", "port", "factory", "app_dir", "log_level", "access_log", "balance"}
-    | {"graceful_timeout", "ready_timeout", "heartbeat_timeout", "ws_drain_window", "reload_batch"}
+    | {"graceful_timeout", "ready_timeout", "heartbeat_timeout", "ws_drain_window", "ws_drain_rate"}
+    | {"reload_batch"}
     | {"bus_queue", "bus_policy", "bus_max_bytes", "bus_coalesce_ms"}
 )
 CONTROL_TIMEOUT_S = 5.0

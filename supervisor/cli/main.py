@@ -72,6 +72,12 @@ def _add_start_options(start: argparse.ArgumentParser) -> None:
         help=f"spread WebSocket closes of a draining worker over this window (s, default {d['ws_drain_window']:g})",
     )
     start.add_argument(
+        "--ws-drain-rate",
+        type=float,
+        help="widen that window so at most this many WebSocket clients a second reconnect"
+        f" (0: no pacing; default {d['ws_drain_rate']:g})",
+    )
+    start.add_argument(
         "--reload-batch", type=int, help=f"slots replaced at once by a reload (default {d['reload_batch']})"
     )
     start.add_argument(

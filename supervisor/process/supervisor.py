@@ -29,6 +29,7 @@ from ipc.stats import StatsReceiver
 from supervisor.config import SupervisorConfig
 from supervisor.process.control_commands import ControlCommands
 from supervisor.process.fleet import Fleet, FleetTiming
+from supervisor.process.limits import describe_limits, raise_open_files_limit
 from supervisor.process.listeners import ListenerGroup, resolve
 from supervisor.process.operations import Operations
 from supervisor.process.slot_loads import slot_loads
@@ -58,6 +59,8 @@ class Supervisor:
 
     async def run(self, on_ready: Callable[[dict[str, Any]], None]) -> None:
         config, paths = self.config, self.paths
+        open_files = raise_open_files_limit()
+        logger.debug("open files limit: %d per process", open_files)
         async with contextlib.AsyncExitStack() as stack:
             lock = InstanceLock(paths)
             stack.callback(lock.release)
@@ -159,7 +162,12 @@ class Supervisor:
         """The ``status --json`` document."""
         fleet = self.fleet
         return build_status(
-            info={**self.info, "operation": self.operations.running, "stopping": fleet.stopping},
+            info={
+                **self.info,
+                "operation": self.operations.running,
+                "stopping": fleet.stopping,
+                "limits": describe_limits(self.config.backlog),
+            },
             fleet=fleet,
             balance=self.steering.describe(),
             ipc={

@@ -129,6 +129,23 @@ def weights_for(
     return weights
 
 
+def least_loaded_weights(counts: Sequence[float | None], *, total_weight: int = TOTAL_WEIGHT) -> list[int]:
+    """Everything to the eligible slots with the fewest connections, split evenly among ties (``None``: not eligible).
+
+    For arrivals sparse enough that the program is re-planned between two of them: each new connection then goes
+    to a least-loaded slot, deterministically, instead of being a weighted random draw.
+    """
+    eligible = [count for count in counts if count is not None]
+    weights = [0] * len(counts)
+    if not eligible:
+        return weights
+    lowest = min(eligible)
+    winners = [slot for slot, count in enumerate(counts) if count is not None and count <= lowest]
+    for slot, share in zip(winners, _apportion(total_weight, [1.0] * len(winners)), strict=True):
+        weights[slot] = share
+    return weights
+
+
 def spread(counts: Sequence[int]) -> float:
     """Return max/min of ``counts``: 1.0 is perfect balance, inf if some count is 0 while another is not."""
     if not counts:

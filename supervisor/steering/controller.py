@@ -32,6 +32,10 @@ MIN_INTERVAL_S = 0.1
 FAST_INTERVAL_S = 0.002
 # With no burst going on, the first arrival after this long is checked at once: a burst is seen from its start.
 SLOW_CHECK_S = 0.05
+# While arrivals are sparse (Plan.exact), each one is seen within this long, so the next is placed on the new
+# least-loaded slot. Short, because it is the placement's blind spot; it costs a wake-up per arrival, and exact
+# placement only runs while arrivals are rare. Not 0: a connection still in an accept queue would re-fire at once.
+EXACT_INTERVAL_S = 0.003
 
 
 class Steering:
@@ -95,7 +99,9 @@ class Steering:
 
     def next_check(self) -> float:
         """Seconds until connection arrivals should be checked again: soon while they pile up."""
-        return FAST_INTERVAL_S if self.plan is not None and self.plan.fast else SLOW_CHECK_S
+        if self.plan is not None and self.plan.fast:
+            return FAST_INTERVAL_S
+        return EXACT_INTERVAL_S if self.plan is not None and self.plan.exact else SLOW_CHECK_S
 
     def _log_stalls(self, stalled: list[int]) -> None:
         before = set(self.plan.stalled) if self.plan else set()
@@ -128,6 +134,7 @@ class Steering:
             "stalled": plan.stalled if plan else [],
             "lookahead": round(plan.lookahead, 1) if plan else None,
             "fast": plan.fast if plan else False,  # connections are piling up: a new program every 2 ms
+            "exact": plan.exact if plan else False,  # arrivals are sparse: each goes to a least-loaded slot
             "arrivals_per_s": round(plan.arrivals_per_s, 1) if plan else None,
             "churn_per_s": round(plan.churn_per_s, 1) if plan else None,
         }

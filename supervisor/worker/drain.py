@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from dataclasses import dataclass
 
 import uvicorn
 
+from ipc.settings import WorkerSettings
 from supervisor.worker.protocols import WorkerConnections, WsupHttpProtocol, WsupWebSocketProtocol
 
 logger = logging.getLogger("wsup.worker")
@@ -24,6 +26,14 @@ class DrainResult:
     websocket_closed: int
     forced: int  # connections or tasks still open at the deadline, closed or cancelled by force
     seconds: float
+
+
+def drain_window(settings: WorkerSettings, websockets: int) -> float:
+    """Seconds over which a draining worker closes its ``websockets``: ``--ws-drain-window``, widened so that no more
+    than ``--ws-drain-rate`` clients a second reconnect (a replacement that takes 11,000 reconnects in 2 s cannot
+    answer them all; its accept queue overflows), and at most half the graceful timeout."""
+    paced = websockets / settings.ws_drain_rate if settings.ws_drain_rate > 0 else 0.0
+    return min(max(settings.ws_drain_window, paced), settings.graceful_timeout / 2)
 
 
 def _all_done(server: uvicorn.Server) -> bool:
@@ -49,21 +59,17 @@ async def drain(
 
     connections = list(server.server_state.connections)
     http = [c for c in connections if isinstance(c, WsupHttpProtocol)]
-    websockets = [c for c in connections if isinstance(c, WsupWebSocketProtocol)]
     for conn in http:
         if conn.is_idle():
-            conn.close_if_idle_after(idle_grace_s)
+            conn.close_if_idle_after(idle_grace_s)  # also a connection that never sent a byte (half-open)
         else:
             conn.cycle.keep_alive = False
-    if websockets:
-        # Spread the closes so clients reconnect over the window, not in one stampede.
-        step = ws_window_s / len(websockets)
-        for index, ws in enumerate(websockets):
-            loop.call_later(index * step, ws.close_with, close_code)
+    closer = _WebSocketCloser(loop, close_code, started + ws_window_s)
+    websockets = closer.schedule(server)
     logger.info(
         "draining: %d HTTP and %d WebSocket connections, %d tasks",
         len(http),
-        len(websockets),
+        websockets,
         len(server.server_state.tasks),
     )
 
@@ -72,11 +78,13 @@ async def drain(
     deadline = started + deadline_s
     while not _all_done(server) and loop.time() < deadline:
         changed.clear()
-        # Woken by every closed connection; the short cap catches tasks that end after their connection.
+        # Woken by every closed connection; the short cap catches tasks that end after their connection, and
+        # WebSockets whose handshake completes during the drain (an upgrade that was in flight when it began).
         try:
             await asyncio.wait_for(changed.wait(), timeout=min(0.1, max(0.0, deadline - loop.time())))
         except TimeoutError:
             pass
+        websockets += closer.schedule(server)
 
     forced = len(server.server_state.connections) + len(server.server_state.tasks)
     if forced:
@@ -87,4 +95,32 @@ async def drain(
             task.cancel()
     for asyncio_server in server.servers:
         await asyncio_server.wait_closed()
-    return DrainResult(len(http), len(websockets), forced, loop.time() - started)
+    return DrainResult(len(http), websockets, forced, loop.time() - started)
+
+
+class _WebSocketCloser:
+    """Closes each WebSocket once, spread over the drain window so clients do not reconnect in one stampede.
+
+    Called again while the drain waits: a WebSocket whose handshake was still in flight when the drain began (its
+    client connected just before) is closed as soon as the handshake completes, instead of holding the drain
+    until its deadline. One mid-handshake is left alone until then: closing it would refuse the client (HTTP 500).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, close_code: int, window_ends: float) -> None:
+        self.loop, self.close_code, self.window_ends = loop, close_code, window_ends
+        self.scheduled: weakref.WeakSet[WsupWebSocketProtocol] = weakref.WeakSet()  # ids could be reused
+
+    def schedule(self, server: uvicorn.Server) -> int:
+        ready = [
+            c
+            for c in server.server_state.connections
+            if isinstance(c, WsupWebSocketProtocol)
+            and c not in self.scheduled
+            and getattr(c, "handshake_complete", True)
+        ]
+        if ready:
+            step = max(0.0, self.window_ends - self.loop.time()) / len(ready)
+            for index, ws in enumerate(ready):
+                self.scheduled.add(ws)
+                self.loop.call_later(index * step, ws.close_with, self.close_code)
+        return len(ready)

@@ -29,7 +29,7 @@ from ipc.settings import WorkerSpec
 from ipc.signals import CLOSE_CODE_FOR, CLOSE_GOING_AWAY, IGNORED_BY_WORKERS
 from ipc.stats import Counts, StatsReporter
 from supervisor.worker.app_loader import load_app
-from supervisor.worker.drain import drain
+from supervisor.worker.drain import drain, drain_window
 from supervisor.worker.protocols import WorkerConnections, WsupHttpProtocol, WsupServerState, WsupWebSocketProtocol
 
 logger = logging.getLogger("wsup.worker")
@@ -173,7 +173,7 @@ class Worker:
             server,
             self.connections,
             close_code=self.close_code,
-            ws_window_s=min(settings.ws_drain_window, settings.graceful_timeout / 2),
+            ws_window_s=drain_window(settings, self.connections.websocket_live),
             idle_grace_s=settings.idle_grace,
             deadline_s=max(0.5, settings.graceful_timeout - 1.0),
         )
