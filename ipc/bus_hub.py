@@ -18,6 +18,7 @@ from ipc.bus_members import BusCounters, FrameMember, Member
 from ipc.bus_queue import Policy, validate_limit
 from ipc.bus_wire import BusMessage, Kind, check_size, encode_payload, topic, validate_channel, websocket_frame
 from ipc.errors import BusError
+from ipc.settings import WorkerSettings, defaults
 
 logger = logging.getLogger("wsup.bus")
 
@@ -232,8 +233,14 @@ class Hub:
 class LocalBus(Hub):
     """The bus of a process that is not a wsup worker: publish delivers to this process's own members only."""
 
-    def __init__(self, *, queue: int = 256, policy: Policy = Policy.DROP_OLDEST, max_bytes: int = 1 << 20) -> None:
-        super().__init__(origin=os.getpid(), queue=queue, policy=policy, max_bytes=max_bytes)
+    def __init__(self, *, queue: int | None = None, policy: Policy | None = None, max_bytes: int | None = None) -> None:
+        default = defaults(WorkerSettings)  # the same as --bus-queue, --bus-policy and --bus-max-bytes
+        super().__init__(
+            origin=os.getpid(),
+            queue=queue if queue is not None else default["bus_queue"],
+            policy=policy if policy is not None else Policy.parse(default["bus_policy"]),
+            max_bytes=max_bytes if max_bytes is not None else default["bus_max_bytes"],
+        )
 
     def _transmit(self, channel: str, kind: Kind, seq: int, exclude: int, payload: bytes) -> bool:
         data: str | bytes = payload.decode("utf-8") if kind is Kind.TEXT else payload
