@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,18 @@ from ipc.endpoints import (
     runtime_root,
 )
 from ipc.errors import AmbiguousInstanceError, ConfigError, SupervisorTimeoutError, WsupError
+from ipc.settings import WorkerSettings
 from supervisor.cli.daemon import notify, start_detached
 from supervisor.cli.status_view import render_instances, render_status
 from supervisor.config import SupervisorConfig, parse_instances
 
 __all__ = ["render_instances", "render_status"]
-# `wsup start` options that are settings (the rest steer the CLI itself: --daemon, --log-file, --notify-fd).
+# `wsup start` options that are settings: every field of the two settings dataclasses (the others steer the CLI
+# itself: --daemon, --log-file, --notify-fd), and -i, which becomes ``workers``.
 START_OPTIONS = frozenset(
-    {"app", "instances", "name", "host", "port", "factory", "app_dir", "log_level", "access_log", "balance"}
-    | {"graceful_timeout", "ready_timeout", "heartbeat_timeout", "ws_drain_window", "ws_drain_rate"}
-    | {"reload_batch"}
-    | {"bus_queue", "bus_policy", "bus_max_bytes", "bus_coalesce_ms"}
+    {f.name for f in dataclasses.fields(SupervisorConfig) if f.name not in ("worker", "workers")}
+    | {f.name for f in dataclasses.fields(WorkerSettings)}
+    | {"instances"}
 )
 CONTROL_TIMEOUT_S = 5.0
 
