@@ -11,7 +11,8 @@ import pytest
 
 from supervisor.steering import load_tracker
 from supervisor.steering.balancing import FLOOR_FRACTION, LOOKAHEAD, SlotLoad, compute_weights, spread, weights_for
-from supervisor.steering.bpf import build_weighted_program, evaluate_program
+from supervisor.steering.bpf import build_weighted_program
+from supervisor.steering.bpf_eval import evaluate_program
 from supervisor.steering.load_tracker import LoadTracker, Plan
 
 
