@@ -3,8 +3,9 @@
 - ``sio_client``: python-socketio's ``AsyncClient`` over an aiohttp session bound to the address (the polling
   handshake, then the WebSocket upgrade, as the library does it).
 - ``BrowserClient``: what a browser's socket.io-client does, spelled out: the Engine.IO polling handshake, the
-  Socket.IO CONNECT over polling, then the WebSocket upgrade (``2probe``/``3probe``/``5``), every request on a
-  NEW TCP connection, so each one is placed by the server side's balancing on its own.
+  Socket.IO CONNECT over polling, then the WebSocket upgrade (``2probe``/``3probe``/``5``) on a NEW TCP
+  connection; by default every polling request is a new TCP connection too, so each one is placed by the server
+  side's balancing on its own.
 """
 
 from __future__ import annotations
@@ -52,9 +53,13 @@ class HandshakeError(Exception):
 class BrowserClient:
     """One browser-like Socket.IO connection (Engine.IO 4): ``await connect()`` then ``emit``/``next_event``."""
 
-    def __init__(self, base_url: str, source: str) -> None:
+    def __init__(self, base_url: str, source: str, *, fresh: bool = True) -> None:
         self.base_url = base_url.rstrip("/")
         self.source = source
+        # fresh: every polling request on a new TCP connection (connection churn, a proxy, a POST sent while a
+        # long-poll is pending); otherwise polling reuses a keep-alive connection. The upgrade is always new.
+        self.fresh = fresh
+        self._ws_session: aiohttp.ClientSession | None = None
         self.sid = ""  # the Engine.IO session id
         self.events: asyncio.Queue[list[Any]] = asyncio.Queue()
         self._session: aiohttp.ClientSession | None = None
@@ -74,8 +79,7 @@ class BrowserClient:
             return text
 
     async def connect(self, *, upgrade: bool = True) -> None:
-        # force_close: every request is a new TCP connection, as a browser's may be (and as proxies do).
-        self._session = aiohttp.ClientSession(connector=connector(self.source, fresh=True))
+        self._session = aiohttp.ClientSession(connector=connector(self.source, fresh=self.fresh))
         opened = await self._poll("GET")
         if not opened.startswith(OPEN):
             raise HandshakeError(f"no OPEN packet: {opened[:80]!r}")
@@ -108,9 +112,9 @@ class BrowserClient:
         await self._poll("POST", MESSAGE + "2" + orjson.dumps([event, *args]).decode())
 
     async def _upgrade(self) -> None:
-        assert self._session is not None
+        self._ws_session = aiohttp.ClientSession(connector=connector(self.source, fresh=True))
         try:
-            ws = await self._session.ws_connect(self._url("websocket").replace("http", "ws", 1))
+            ws = await self._ws_session.ws_connect(self._url("websocket").replace("http", "ws", 1))
         except aiohttp.WSServerHandshakeError as exc:
             raise HandshakeError(f"WebSocket upgrade: HTTP {exc.status}") from None
         self._ws = ws
@@ -149,5 +153,6 @@ class BrowserClient:
             self._reader.cancel()
         if self._ws is not None:
             await self._ws.close()
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._ws_session):
+            if session is not None:
+                await session.close()

@@ -1,0 +1,290 @@
+"""python-socketio on 4 workers: wsup (--balance ip-hash, WsupManager) against uvicorn --workers 4, and WsupManager
+against python-socketio's AsyncRedisManager with a real redis-server.
+
+    .venv/bin/python bench/socketio_cluster.py [--quick] [--out results.json]
+
+1. Browser-like clients (polling handshake, then the WebSocket upgrade on a new TCP connection) from many source
+   addresses: how many connect. Then polling-only clients that keep polling (each poll a new TCP connection)
+   while the room gets a message a second: how many keep working.
+2. Spread: clients from 50 addresses, max/min per worker under ip-hash.
+3. Room emits at a modest rate to every client: deliveries lost or duplicated.
+4. Cost: a burst of emits to the room as fast as one worker sends them: deliveries/s and server CPU per
+   delivery (Redis's CPU included), WsupManager against AsyncRedisManager, same app and clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH.parent), str(BENCH)]
+
+from broadcast_servers import (  # noqa: E402
+    BenchError,
+    Running,
+    _spawn,
+    _wait,
+    _workers_answering,
+    start_redis,
+)
+from server_process import free_port  # noqa: E402
+
+from tests.socketio_clients import BrowserClient, HandshakeError, source_address  # noqa: E402
+
+WORKERS = 4
+APP = "socketio_bench_app:asgi"
+
+
+def start_wsup(port: int, log: Path, manager: str, redis_url: str = "") -> Running:
+    run_dir = tempfile.mkdtemp(prefix="wsup-sb", dir="/tmp")
+    env = {**os.environ, "WSUP_RUN_DIR": run_dir, "BENCH_SIO_MANAGER": manager, "BENCH_REDIS_URL": redis_url}
+    argv = [sys.executable, str(BENCH.parent / "bin" / "wsup"), "start", APP, "--app-dir", str(BENCH)]
+    argv += ["-i", str(WORKERS), "--port", str(port), "--name", "bbench", "--no-access-log", "--log-level", "warning"]
+    argv += ["--balance", "ip-hash"]
+    running = Running(f"wsup ip-hash ({manager})", port, _spawn(argv, log, env), log, run_dir=run_dir)
+    _started(running, lambda: _wsup_ready(running))
+    return running
+
+
+def _wsup_ready(running: Running) -> bool:
+    with contextlib.suppress(Exception):
+        totals = running.wsup_status()["totals"]
+        return isinstance(totals, dict) and totals.get("ready") == WORKERS
+    return False
+
+
+def start_uvicorn(port: int, log: Path, manager: str, redis_url: str = "") -> Running:
+    env = {**os.environ, "BENCH_SIO_MANAGER": manager, "BENCH_REDIS_URL": redis_url}
+    env["PYTHONPATH"] = os.pathsep.join([str(BENCH.parent), str(BENCH)])
+    argv = [sys.executable, "-m", "uvicorn", APP, "--app-dir", str(BENCH), "--workers", str(WORKERS)]
+    argv += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+    running = Running(f"uvicorn --workers {WORKERS} ({manager})", port, _spawn(argv, log, env), log)
+    _started(running, lambda: _workers_answering(port, WORKERS))
+    return running
+
+
+def _started(running: Running, ready: Any) -> None:
+    try:
+        _wait(ready, running.name, running.proc, running.log)
+    except BenchError:
+        running.stop()
+        raise
+
+
+class Receiver(BrowserClient):
+    """A browser-like client that only counts the room's ``m`` messages (by tag) and notes its worker."""
+
+    def __init__(self, base_url: str, source: str, *, fresh: bool = False) -> None:
+        super().__init__(base_url, source, fresh=fresh)
+        self.worker = 0
+        self.got: collections.Counter[tuple[str, int]] = collections.Counter()
+
+    def note(self, event: list[Any]) -> None:
+        if event[0] == "welcome":
+            self.worker = event[1]["worker"]
+        elif event[0] == "m":
+            self.got[(event[1]["tag"], event[1]["seq"])] += 1
+
+    async def settle(self) -> None:
+        while not self.events.empty():
+            self.note(self.events.get_nowait())
+
+    def count(self, tag: str) -> tuple[int, int]:
+        """(distinct messages of ``tag`` received, duplicates)."""
+        mine = [n for (t, _), n in self.got.items() if t == tag]
+        return len(mine), sum(n - 1 for n in mine)
+
+
+async def connect_all(
+    url: str, count: int, addresses: int, *, upgrade: bool = True, fresh: bool = False
+) -> tuple[list[Receiver], int]:
+    """Browsers: polling on a keep-alive connection, the upgrade on a new one (``fresh``: every request new)."""
+    clients = [Receiver(url, source_address(i % addresses), fresh=fresh) for i in range(count)]
+    results = await asyncio.gather(*(c.connect(upgrade=upgrade) for c in clients), return_exceptions=True)
+    ok = [c for c, r in zip(clients, results, strict=True) if not isinstance(r, BaseException)]
+    for client, result in zip(clients, results, strict=True):
+        if isinstance(result, BaseException):
+            await client.close()
+    return ok, len(clients) - len(ok)
+
+
+async def emitter_for(url: str, source: str) -> BrowserClient:
+    """The client that asks for emits: retried until it connects (without stickiness it may take a few tries)."""
+    for _ in range(50):
+        emitter = BrowserClient(url, source, fresh=False)
+        try:
+            await emitter.connect()
+            return emitter
+        except HandshakeError:
+            await emitter.close()
+    raise BenchError("the emitter could not connect in 50 tries")
+
+
+async def close_all(clients: list[Receiver]) -> None:
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+async def burst(emitter: BrowserClient, count: int, tag: str, per_tick: int = 1, tick_s: float = 0.0) -> None:
+    await emitter.emit("burst", {"count": count, "tag": tag, "per_tick": per_tick, "tick_s": tick_s})
+
+
+async def wait_delivered(clients: list[Receiver], tag: str, count: int, timeout: float) -> float:
+    """Seconds until every client has ``count`` messages of ``tag`` (or the timeout)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        for client in clients:
+            await client.settle()
+        if all(client.count(tag)[0] >= count for client in clients):
+            break
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+async def connect_scenario(url: str, clients: int, addresses: int, poll_s: float) -> dict[str, Any]:
+    browsers, failed = await connect_all(url, clients, addresses)
+    result: dict[str, Any] = {"browser_like": f"{len(browsers)}/{clients}"}
+    await close_all(browsers)
+    # Polling-only clients: each request on a new TCP connection (what connection churn, a proxy, or a POST
+    # sent while the long-poll GET is pending all do).
+    pollers, poll_failed = await connect_all(url, clients, addresses, upgrade=False, fresh=True)
+    emitter = await emitter_for(url, source_address(addresses))
+    kept = 0
+    try:
+        ticks = max(1, int(poll_s))
+        await burst(emitter, ticks, "poll", tick_s=1.0)
+
+        async def keep_polling(client: Receiver) -> bool:
+            deadline = time.monotonic() + poll_s + 2
+            try:
+                while time.monotonic() < deadline and client.count("poll")[0] < ticks:
+                    await asyncio.wait_for(client.poll_once(), 30)
+                    await client.settle()
+            except (HandshakeError, TimeoutError, OSError):
+                return False
+            return client.count("poll")[0] == ticks
+
+        kept = sum(await asyncio.gather(*(keep_polling(c) for c in pollers)))
+    finally:
+        await emitter.close()
+        await close_all(pollers)
+    result["polling_only"] = f"{kept}/{clients} kept working for {poll_s:g}s ({len(pollers)} connected)"
+    return result
+
+
+async def room_scenario(url: str, clients: int, addresses: int, rate: int, seconds: float) -> dict[str, Any]:
+    receivers, failed = await connect_all(url, clients, addresses)
+    emitter = await emitter_for(url, source_address(addresses))
+    try:
+        for client in receivers:
+            await client.settle()
+        per_worker = collections.Counter(c.worker for c in receivers)
+        counts = sorted(per_worker.values())
+        total = int(rate * seconds)
+        per_tick = max(1, rate // 20)
+        await burst(emitter, total, "rate", per_tick=per_tick, tick_s=per_tick / rate)
+        await wait_delivered(receivers, "rate", total, seconds + 15)
+        received = [c.count("rate") for c in receivers]
+        return {
+            "clients": len(receivers),
+            "connect_failed": failed,
+            "per_worker": counts,
+            "max_min": round(counts[-1] / counts[0], 2) if len(counts) == WORKERS else None,
+            "emits": total,
+            "rate": rate,
+            "lost": sum(total - got for got, _ in received),
+            "duplicates": sum(dup for _, dup in received),
+        }
+    finally:
+        await emitter.close()
+        await close_all(receivers)
+
+
+async def cost_scenario(running: Running, clients: int, addresses: int, emits: int) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{running.port}"
+    receivers, _ = await connect_all(url, clients, addresses)
+    emitter = await emitter_for(url, source_address(addresses))
+    try:
+        cpu0 = running.cpu_s()
+        await burst(emitter, emits, "cost")
+        seconds = await wait_delivered(receivers, "cost", emits, 120)
+        cpu = running.cpu_s() - cpu0
+        deliveries = sum(c.count("cost")[0] for c in receivers)
+        return {
+            "clients": len(receivers),
+            "emits": emits,
+            "deliveries": deliveries,
+            "expected": emits * len(receivers),
+            "seconds": round(seconds, 2),
+            "deliveries_per_s": round(deliveries / seconds),
+            "cpu_us_per_delivery": round(cpu / max(deliveries, 1) * 1e6, 1),
+        }
+    finally:
+        await emitter.close()
+        await close_all(receivers)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    logs = Path(tempfile.mkdtemp(prefix="wsup-sio-bench"))
+    results: dict[str, Any] = {"quick": args.quick, "logs": str(logs)}
+    for name, start in (("wsup", start_wsup), ("uvicorn", start_uvicorn)):
+        manager = "wsup" if name == "wsup" else "local"
+        server = start(free_port(), logs / f"{name}.log", manager)
+        try:
+            url = f"http://127.0.0.1:{server.port}"
+            scenario = connect_scenario(url, args.clients, args.addresses, args.poll_s)
+            results[f"connect/{server.name}"] = asyncio.run(scenario)
+            if name == "wsup":
+                results["room/wsup"] = asyncio.run(room_scenario(url, 200, 50, args.rate, args.seconds))
+        finally:
+            server.stop()
+    redis_port = free_port()
+    redis = start_redis(redis_port, logs / "redis.log")
+    try:
+        for manager in ("wsup", "redis"):
+            server = start_wsup(free_port(), logs / f"cost-{manager}.log", manager, f"redis://127.0.0.1:{redis_port}")
+            if manager == "redis":
+                server.helpers.append(redis)  # its CPU is part of the cost; stopped with the server
+            try:
+                results[f"cost/{manager}"] = asyncio.run(cost_scenario(server, 200, 50, args.emits))
+            finally:
+                server.stop()
+    finally:
+        if redis.poll() is None:
+            redis.terminate()
+            redis.wait(10)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short runs (10 s of polling, 5 s of emits)")
+    parser.add_argument("--clients", type=int, default=50, help="browser-like and polling-only clients")
+    parser.add_argument("--addresses", type=int, default=25, help="source addresses they come from")
+    parser.add_argument("--poll-s", type=float, default=30.0, help="how long polling-only clients keep polling")
+    parser.add_argument("--rate", type=int, default=20, help="room emits per second to 200 clients")
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long the room emits go on")
+    parser.add_argument("--emits", type=int, default=200, help="emits of the cost burst")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+    if args.quick:
+        args.poll_s, args.seconds = 10.0, 5.0
+    results = run(args)
+    text = orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
