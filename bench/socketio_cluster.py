@@ -120,15 +120,10 @@ async def connect_all(
 
 
 async def emitter_for(url: str, source: str) -> BrowserClient:
-    """The client that asks for emits: retried until it connects (without stickiness it may take a few tries)."""
-    for _ in range(50):
-        emitter = BrowserClient(url, source, fresh=False)
-        try:
-            await emitter.connect()
-            return emitter
-        except HandshakeError:
-            await emitter.close()
-    raise BenchError("the emitter could not connect in 50 tries")
+    """The client that asks for emits: WebSocket only, so it connects whatever the balancing."""
+    emitter = BrowserClient(url, source)
+    await emitter.connect_websocket_only()
+    return emitter
 
 
 async def close_all(clients: list[Receiver]) -> None:
@@ -237,20 +232,22 @@ async def cost_scenario(running: Running, clients: int, addresses: int, emits: i
 def run(args: argparse.Namespace) -> dict[str, Any]:
     logs = Path(tempfile.mkdtemp(prefix="wsup-sio-bench"))
     results: dict[str, Any] = {"quick": args.quick, "logs": str(logs)}
-    for name, start in (("wsup", start_wsup), ("uvicorn", start_uvicorn)):
-        manager = "wsup" if name == "wsup" else "local"
-        server = start(free_port(), logs / f"{name}.log", manager)
-        try:
-            url = f"http://127.0.0.1:{server.port}"
-            scenario = connect_scenario(url, args.clients, args.addresses, args.poll_s)
-            results[f"connect/{server.name}"] = asyncio.run(scenario)
-            if name == "wsup":
-                results["room/wsup"] = asyncio.run(room_scenario(url, 200, 50, args.rate, args.seconds))
-        finally:
-            server.stop()
     redis_port = free_port()
     redis = start_redis(redis_port, logs / "redis.log")
+    redis_url = f"redis://127.0.0.1:{redis_port}"
     try:
+        # uvicorn gets python-socketio's own answer for several workers (AsyncRedisManager), so only stickiness
+        # differs; wsup needs no Redis.
+        for name, start, manager in (("wsup", start_wsup, "wsup"), ("uvicorn", start_uvicorn, "redis")):
+            server = start(free_port(), logs / f"{name}.log", manager, redis_url)
+            try:
+                url = f"http://127.0.0.1:{server.port}"
+                scenario = connect_scenario(url, args.clients, args.addresses, args.poll_s)
+                results[f"connect/{server.name}"] = asyncio.run(scenario)
+                if name == "wsup":
+                    results["room/wsup"] = asyncio.run(room_scenario(url, 200, 50, args.rate, args.seconds))
+            finally:
+                server.stop()
         for manager in ("wsup", "redis"):
             server = start_wsup(free_port(), logs / f"cost-{manager}.log", manager, f"redis://127.0.0.1:{redis_port}")
             if manager == "redis":

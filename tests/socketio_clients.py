@@ -111,13 +111,27 @@ class BrowserClient:
         """An event sent over polling (a client that has not upgraded)."""
         await self._poll("POST", MESSAGE + "2" + orjson.dumps([event, *args]).decode())
 
-    async def _upgrade(self) -> None:
+    async def connect_websocket_only(self) -> None:
+        """``io({transports: ["websocket"]})``: one connection for the whole session, no polling, no upgrade."""
+        ws = await self._open_websocket()
+        opened = await ws.receive(timeout=10)
+        if not str(opened.data).startswith(OPEN):
+            raise HandshakeError(f"no OPEN packet: {opened.data!r}")
+        self.sid = orjson.loads(opened.data[1:])["sid"]
+        await ws.send_str(MESSAGE + "0")
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _open_websocket(self) -> aiohttp.ClientWebSocketResponse:
         self._ws_session = aiohttp.ClientSession(connector=connector(self.source, fresh=True))
         try:
             ws = await self._ws_session.ws_connect(self._url("websocket").replace("http", "ws", 1))
         except aiohttp.WSServerHandshakeError as exc:
             raise HandshakeError(f"WebSocket upgrade: HTTP {exc.status}") from None
         self._ws = ws
+        return ws
+
+    async def _upgrade(self) -> None:
+        ws = await self._open_websocket()
         await ws.send_str(PING + "probe")
         answer = await ws.receive(timeout=10)
         if answer.data != PONG + "probe":
