@@ -19,7 +19,7 @@ import socketio
 
 from ipc.bus_members import BusCounters
 from ipc.bus_wire import BusMessage, Kind
-from ipc.socketio import ManagerStream, emit_message, emit_to_instance
+from ipc.socketio import ManagerStream, WsupManager, emit_message, emit_to_instance
 from tests.socketio_clients import BrowserClient, sio_client, source_address
 from tests.wsup_harness import APPS_DIR, Instance, eventually, wait_until
 
@@ -130,8 +130,11 @@ def test_clients_from_many_addresses_connect_and_room_emits_reach_every_worker(
     assert bus["manager_dropped"] == bus["manager_unsent"] == bus["lost"] == 0
 
 
-def test_disconnect_rooms_acks_and_close_room_across_workers(start_wsup: Callable[..., Instance]) -> None:
+def test_disconnect_rooms_acks_and_close_room_across_workers(
+    start_wsup: Callable[..., Instance], monkeypatch: pytest.MonkeyPatch
+) -> None:
     instance = _start(start_wsup)
+    monkeypatch.setenv("WSUP_RUN_DIR", instance.env["WSUP_RUN_DIR"])
 
     async def scenario() -> None:
         async with recorders(instance.url, [source_address(i) for i in range(12)]) as clients:
@@ -156,6 +159,10 @@ def test_disconnect_rooms_acks_and_close_room_across_workers(start_wsup: Callabl
             await a.call("say", {"room": "lobby", "text": "marker"}, timeout=20)
             await eventually(lambda: "marker" in second.lines, "the marker", 20)
             assert "after close" not in second.lines
+            # a write-only manager outside the instance (a script) reaches the room on every worker
+            external = WsupManager(write_only=True, instance=instance.name)
+            await external.emit("said", {"text": "from outside"}, room="lobby")
+            await eventually(lambda: second.lines[-1:] == ["from outside"], "the outside line", 20)
             # disconnect a client served by another worker
             gone = asyncio.Event()
             b.on("disconnect", gone.set)
