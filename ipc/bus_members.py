@@ -55,6 +55,7 @@ class BusCounters:
     manager_backlog_peak: int = 0  # most manager messages ever waiting to be handled at once
     manager_dropped: int = 0  # manager messages dropped because that backlog reached its (large) bound
     manager_unsent: int = 0  # manager messages not published: the bus queue stayed full past the wait
+    manager_malformed: int = 0  # manager messages that were not a valid python-socketio message, dropped
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

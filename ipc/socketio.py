@@ -139,7 +139,21 @@ class WsupManager(AsyncPubSubManager):  # type: ignore[misc]  # python-socketio 
             waited += delay
             delay = min(delay * 2, PUBLISH_RETRY_MAX_S)
 
-    async def _listen(self) -> AsyncIterator[str]:
+    def _parse(self, message: BusMessage) -> dict[str, Any] | None:
+        try:
+            data = self.json.loads(message.data)
+        except Exception:  # the server's JSON module: whatever it raises for bad input
+            data = None
+        if not valid_message(data):
+            counters = broadcast.current().counters
+            counters.manager_malformed += 1
+            if counters.manager_malformed in (1, 10, 100) or counters.manager_malformed % 10_000 == 0:
+                logger.warning("socketio: %d malformed manager messages dropped", counters.manager_malformed)
+            return None
+        result: dict[str, Any] = data
+        return result
+
+    async def _listen(self) -> AsyncIterator[dict[str, Any]]:
         hub = broadcast.current()
         stream = ManagerStream(hub.next_id(), self.max_backlog, hub.counters)
         hub.register(stream)
@@ -148,11 +162,45 @@ class WsupManager(AsyncPubSubManager):  # type: ignore[misc]  # python-socketio 
             self._stream = stream
             self._live.set()
             async for message in stream:
-                yield message.data if isinstance(message.data, str) else message.payload.decode("utf-8", "replace")
+                data = self._parse(message)
+                if data is not None:
+                    yield data
         finally:
             self._stream = None
             self._live.clear()
             hub.leave(stream)
+
+
+_STR, _OPT_STR = (str,), (str, type(None))
+_ROOMS = (str, list, type(None))  # a room, several (python-socketio's `to=[...]`), or none
+# What each method of AsyncPubSubManager needs, and the types it takes: a message that does not match is counted
+# and dropped here, instead of failing in a handler (python-socketio logs a traceback per bad message).
+_FIELDS: Final[dict[str, dict[str, tuple[type, ...]]]] = {
+    "emit": {"event": _STR, "data": (list,), "namespace": _OPT_STR, "room": _ROOMS, "skip_sid": _ROOMS},
+    "disconnect": {"sid": _STR, "namespace": _OPT_STR},
+    "enter_room": {"sid": _STR, "room": _STR, "namespace": _OPT_STR},
+    "leave_room": {"sid": _STR, "room": _STR, "namespace": _OPT_STR},
+    "close_room": {"room": _STR, "namespace": _OPT_STR},
+    "callback": {"host_id": _STR, "sid": _STR, "namespace": _OPT_STR, "id": (int,), "args": (list,)},
+}
+
+
+def valid_message(data: object) -> bool:
+    """Whether ``data`` is a manager message this worker can act on (see _FIELDS)."""
+    if not isinstance(data, dict):
+        return False
+    fields = _FIELDS.get(data.get("method"))  # type: ignore[arg-type]
+    if fields is None or not all(isinstance(data.get(name), types) for name, types in fields.items()):
+        return False
+    if data["method"] != "emit":
+        return True
+    callback = data.get("callback")
+    if callback is not None and not (
+        isinstance(callback, list) and len(callback) == 3 and isinstance(callback[2], int)
+    ):
+        return False
+    # Binary attachments travel base64-encoded after the first element.
+    return not data.get("binary") or all(isinstance(part, str) for part in data["data"][1:])
 
 
 def emit_message(

@@ -17,9 +17,11 @@ import orjson
 import pytest
 import socketio
 
+from ipc import broadcast
+from ipc.bus_hub import LocalBus
 from ipc.bus_members import BusCounters
 from ipc.bus_wire import BusMessage, Kind
-from ipc.socketio import ManagerStream, WsupManager, emit_message, emit_to_instance
+from ipc.socketio import ManagerStream, WsupManager, emit_message, emit_to_instance, valid_message
 from tests.socketio_clients import BrowserClient, sio_client, source_address
 from tests.wsup_harness import APPS_DIR, Instance, eventually, wait_until
 
@@ -55,6 +57,57 @@ def test_emit_message_is_what_a_pubsub_manager_publishes() -> None:
     message = emit_message("said", ("a", 1), to="lobby")
     assert message["method"] == "emit" and message["data"] == ["a", 1] and message["room"] == "lobby"
     assert message["namespace"] == "/" and message["callback"] is None
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"method": "emit", "event": "said", "data": ["x"], "namespace": "/", "room": None},
+        {"method": "emit", "event": "said", "data": ["x"], "room": ["a", "b"], "callback": ["a", "/", 3]},
+        {"method": "enter_room", "sid": "s", "room": "r", "namespace": "/"},
+        {"method": "callback", "host_id": "h", "sid": "s", "namespace": "/", "id": 1, "args": []},
+        emit_message("said", {"text": "hi"}, to="lobby"),
+    ],
+)
+def test_valid_manager_messages(message: dict[str, Any]) -> None:
+    assert valid_message(message)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        [],
+        {"method": "emit"},
+        {"method": "nope"},
+        {"method": "emit", "event": "said", "data": "not a list"},
+        {"method": "emit", "event": "said", "data": [], "callback": ["a", "/"]},
+        {"method": "emit", "event": "said", "data": [{}, 7], "binary": True},
+        {"method": "enter_room", "sid": 1, "room": "r"},
+        {"method": "callback", "host_id": "h", "sid": "s", "id": "1", "args": []},
+    ],
+)
+def test_invalid_manager_messages(message: object) -> None:
+    assert not valid_message(message)
+
+
+def test_outside_wsup_the_manager_is_local_and_counts_malformed_messages() -> None:
+    async def scenario() -> None:
+        bus = LocalBus()
+        broadcast.install(bus)
+        manager = WsupManager()
+        server = socketio.AsyncServer(async_mode="asgi", client_manager=manager)
+        try:
+            await manager.start()  # subscribes on the process's own bus
+            assert manager.server is server
+            for garbage in ("not json", '{"method": "emit"}', b"\xff binary"):
+                await broadcast.publish("socketio", garbage)
+            await eventually(lambda: bus.counters.manager_malformed == 3, "three malformed messages counted")
+            assert bus.counters.manager_received == 3 and bus.counters.manager_dropped == 0
+        finally:
+            manager.thread.cancel()
+            broadcast.install(None)
+
+    asyncio.run(scenario())
 
 
 # --- real instances -----------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def _bus_line(label: str, bus: dict[str, Any]) -> str:
     )
 
 
-_MANAGER = ("manager_received", "manager_dropped", "manager_unsent")
+_MANAGER = ("manager_received", "manager_dropped", "manager_unsent", "manager_malformed")
 
 
 def _manager_line(bus: dict[str, Any]) -> str:
@@ -82,7 +82,7 @@ def _manager_line(bus: dict[str, Any]) -> str:
         f"socketio: {_count(int(bus.get('manager_received', 0)))} manager messages received,"
         f" backlog peak {_count(int(bus.get('manager_backlog_peak', 0)))};"
         f" lost: {_count(int(bus.get('manager_dropped', 0)))} dropped,"
-        f" {_count(int(bus.get('manager_unsent', 0)))} unsent"
+        f" {_count(int(bus.get('manager_unsent', 0)))} unsent; {_count(int(bus.get('manager_malformed', 0)))} malformed"
     )
 
 
