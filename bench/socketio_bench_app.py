@@ -39,15 +39,19 @@ async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
 
 
 async def burst(sid: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Emit ``count`` numbered messages to the room, ``per_tick`` at a time every ``tick_s`` (0: at once)."""
+    """Emit ``count`` numbered messages to ``room`` (default: every client's), ``per_tick`` at a time every
+    ``tick_s`` (0: at once); then tell the sender ``done``."""
     count, per_tick, tick = int(data["count"]), int(data.get("per_tick", 1)), float(data.get("tick_s", 0))
     loop = asyncio.get_running_loop()
     start = loop.time()
+    room = str(data.get("room", ROOM))
     for seq in range(count):
         if tick and seq % per_tick == 0:
             await asyncio.sleep(max(0.0, start + (seq // per_tick) * tick - loop.time()))
-        await sio.emit("m", {"seq": seq, "tag": data.get("tag", "")}, room=ROOM)
-    return {"sent": count, "seconds": loop.time() - start}
+        await sio.emit("m", {"seq": seq, "tag": data.get("tag", "")}, room=room)
+    result = {"sent": count, "seconds": loop.time() - start}
+    await sio.emit("done", result, to=sid)
+    return result
 
 
 sio.on("connect", connect)

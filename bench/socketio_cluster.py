@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
@@ -130,8 +131,10 @@ async def close_all(clients: list[Receiver]) -> None:
     await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
-async def burst(emitter: BrowserClient, count: int, tag: str, per_tick: int = 1, tick_s: float = 0.0) -> None:
-    await emitter.emit("burst", {"count": count, "tag": tag, "per_tick": per_tick, "tick_s": tick_s})
+async def burst(
+    emitter: BrowserClient, count: int, tag: str, per_tick: int = 1, tick_s: float = 0.0, room: str = "bench"
+) -> None:
+    await emitter.emit("burst", {"count": count, "tag": tag, "per_tick": per_tick, "tick_s": tick_s, "room": room})
 
 
 async def wait_delivered(clients: list[Receiver], tag: str, count: int, timeout: float) -> float:
@@ -229,6 +232,31 @@ async def cost_scenario(running: Running, clients: int, addresses: int, emits: i
         await close_all(receivers)
 
 
+async def overhead_scenario(running: Running, emits: int, redis_pid: int | None) -> dict[str, Any]:
+    """The manager's own cost: emits to a room nobody is in, so no worker delivers anything; every other worker
+    still receives and handles each one. CPU of the whole server side (Redis included) per emit."""
+    emitter = await emitter_for(f"http://127.0.0.1:{running.port}", source_address(60))
+    try:
+        cpu0 = running.cpu_s() + (_cpu_s(redis_pid) if redis_pid else 0.0)
+        await burst(emitter, emits, "void", room="nobody-is-here")
+        done = await emitter.next_event("done", timeout=300)
+        await asyncio.sleep(1.0)  # the other workers handle what is still queued for them
+        cpu = running.cpu_s() + (_cpu_s(redis_pid) if redis_pid else 0.0) - cpu0
+    finally:
+        await emitter.close()
+    seconds = float(done[1]["seconds"])
+    return {
+        "emits": emits,
+        "sender_emits_per_s": round(emits / seconds),
+        "cpu_us_per_emit": round(cpu / emits * 1e6, 1),
+    }
+
+
+def _cpu_s(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     logs = Path(tempfile.mkdtemp(prefix="wsup-sio-bench"))
     results: dict[str, Any] = {"quick": args.quick, "logs": str(logs)}
@@ -239,23 +267,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # uvicorn gets python-socketio's own answer for several workers (AsyncRedisManager), so only stickiness
         # differs; wsup needs no Redis.
         for name, start, manager in (("wsup", start_wsup, "wsup"), ("uvicorn", start_uvicorn, "redis")):
+            if "connect" not in args.parts and (name != "wsup" or "room" not in args.parts):
+                continue
             server = start(free_port(), logs / f"{name}.log", manager, redis_url)
             try:
                 url = f"http://127.0.0.1:{server.port}"
-                scenario = connect_scenario(url, args.clients, args.addresses, args.poll_s)
-                results[f"connect/{server.name}"] = asyncio.run(scenario)
-                if name == "wsup":
-                    results["room/wsup"] = asyncio.run(room_scenario(url, 200, 50, args.rate, args.seconds))
+                if "connect" in args.parts:
+                    scenario = connect_scenario(url, args.clients, args.addresses, args.poll_s)
+                    results[f"connect/{server.name}"] = asyncio.run(scenario)
+                if name == "wsup" and "room" in args.parts:
+                    for rate in args.rate:
+                        scenario = room_scenario(url, 200, 50, rate, args.seconds)
+                        results[f"room/wsup/{rate}"] = asyncio.run(scenario)
             finally:
                 server.stop()
-        for manager in ("wsup", "redis"):
-            server = start_wsup(free_port(), logs / f"cost-{manager}.log", manager, f"redis://127.0.0.1:{redis_port}")
-            if manager == "redis":
-                server.helpers.append(redis)  # its CPU is part of the cost; stopped with the server
-            try:
-                results[f"cost/{manager}"] = asyncio.run(cost_scenario(server, 200, 50, args.emits))
-            finally:
-                server.stop()
+        for round_ in range(args.repeat if "cost" in args.parts else 0):
+            for manager in ("wsup", "redis"):
+                server = start_wsup(free_port(), logs / f"cost-{manager}.log", manager, redis_url)
+                redis_cpu = _cpu_s(redis.pid)
+                try:
+                    result = asyncio.run(cost_scenario(server, 200, 50, args.emits))
+                    if manager == "redis":  # Redis's CPU is part of the Redis manager's cost
+                        extra = (_cpu_s(redis.pid) - redis_cpu) / max(result["deliveries"], 1) * 1e6
+                        result["redis_cpu_us_per_delivery"] = round(extra, 1)
+                        result["cpu_us_per_delivery"] = round(result["cpu_us_per_delivery"] + extra, 1)
+                    redis_pid = redis.pid if manager == "redis" else None
+                    result["overhead"] = asyncio.run(overhead_scenario(server, args.emits * 10, redis_pid))
+                finally:
+                    server.stop()
+                results[f"cost/{manager}/{round_}"] = result
     finally:
         if redis.poll() is None:
             redis.terminate()
@@ -269,11 +309,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50, help="browser-like and polling-only clients")
     parser.add_argument("--addresses", type=int, default=25, help="source addresses they come from")
     parser.add_argument("--poll-s", type=float, default=30.0, help="how long polling-only clients keep polling")
-    parser.add_argument("--rate", type=int, default=20, help="room emits per second to 200 clients")
+    parser.add_argument("--rate", type=int, nargs="+", default=[20, 50], help="room emits/s to 200 clients")
+    parser.add_argument("--parts", default="connect,room,cost", help="which parts to run (comma-separated)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the cost comparison")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long the room emits go on")
     parser.add_argument("--emits", type=int, default=200, help="emits of the cost burst")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
+    args.parts = set(args.parts.split(","))
     if args.quick:
         args.poll_s, args.seconds = 10.0, 5.0
     results = run(args)
