@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -236,12 +237,20 @@ async def overhead_scenario(running: Running, emits: int, redis_pid: int | None)
     """The manager's own cost: emits to a room nobody is in, so no worker delivers anything; every other worker
     still receives and handles each one. CPU of the whole server side (Redis included) per emit."""
     emitter = await emitter_for(f"http://127.0.0.1:{running.port}", source_address(60))
+
+    def cpu_now() -> float:
+        return running.cpu_s() + (_cpu_s(redis_pid) if redis_pid else 0.0)
+
     try:
-        cpu0 = running.cpu_s() + (_cpu_s(redis_pid) if redis_pid else 0.0)
+        # The idle cost (heartbeats, reports) over the same span is subtracted: it is not the emits'.
+        idle0, idle_start = cpu_now(), time.monotonic()
+        await asyncio.sleep(1.0)
+        idle_per_s = (cpu_now() - idle0) / (time.monotonic() - idle_start)
+        cpu0, start = cpu_now(), time.monotonic()
         await burst(emitter, emits, "void", room="nobody-is-here")
         done = await emitter.next_event("done", timeout=300)
         await asyncio.sleep(1.0)  # the other workers handle what is still queued for them
-        cpu = running.cpu_s() + (_cpu_s(redis_pid) if redis_pid else 0.0) - cpu0
+        cpu = cpu_now() - cpu0 - idle_per_s * (time.monotonic() - start)
     finally:
         await emitter.close()
     seconds = float(done[1]["seconds"])
@@ -249,6 +258,7 @@ async def overhead_scenario(running: Running, emits: int, redis_pid: int | None)
         "emits": emits,
         "sender_emits_per_s": round(emits / seconds),
         "cpu_us_per_emit": round(cpu / emits * 1e6, 1),
+        "idle_cores": round(idle_per_s, 3),
     }
 
 
@@ -316,6 +326,8 @@ def main() -> None:
     parser.add_argument("--emits", type=int, default=200, help="emits of the cost burst")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
+    # A TERM (a timeout, a killed run) unwinds like Ctrl-C: every server and redis-server started is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     args.parts = set(args.parts.split(","))
     if args.quick:
         args.poll_s, args.seconds = 10.0, 5.0
