@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
-import os
 import signal
 import sys
 import tempfile
@@ -27,61 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psutil
 
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
-from broadcast_servers import (  # noqa: E402
-    BenchError,
-    Running,
-    _spawn,
-    _wait,
-    _workers_answering,
-    start_redis,
-)
+from broadcast_servers import Running, start_redis  # noqa: E402
 from server_process import free_port  # noqa: E402
+from socketio_servers import cpu_s, start_uvicorn, start_wsup  # noqa: E402
 
 from tests.socketio_clients import BrowserClient, HandshakeError, source_address  # noqa: E402
 
 WORKERS = 4
-APP = "socketio_bench_app:asgi"
-
-
-def start_wsup(port: int, log: Path, manager: str, redis_url: str = "") -> Running:
-    run_dir = tempfile.mkdtemp(prefix="wsup-sb", dir="/tmp")
-    env = {**os.environ, "WSUP_RUN_DIR": run_dir, "BENCH_SIO_MANAGER": manager, "BENCH_REDIS_URL": redis_url}
-    argv = [sys.executable, str(BENCH.parent / "bin" / "wsup"), "start", APP, "--app-dir", str(BENCH)]
-    argv += ["-i", str(WORKERS), "--port", str(port), "--name", "bbench", "--no-access-log", "--log-level", "warning"]
-    argv += ["--balance", "ip-hash"]
-    running = Running(f"wsup ip-hash ({manager})", port, _spawn(argv, log, env), log, run_dir=run_dir)
-    _started(running, lambda: _wsup_ready(running))
-    return running
-
-
-def _wsup_ready(running: Running) -> bool:
-    with contextlib.suppress(Exception):
-        totals = running.wsup_status()["totals"]
-        return isinstance(totals, dict) and totals.get("ready") == WORKERS
-    return False
-
-
-def start_uvicorn(port: int, log: Path, manager: str, redis_url: str = "") -> Running:
-    env = {**os.environ, "BENCH_SIO_MANAGER": manager, "BENCH_REDIS_URL": redis_url}
-    env["PYTHONPATH"] = os.pathsep.join([str(BENCH.parent), str(BENCH)])
-    argv = [sys.executable, "-m", "uvicorn", APP, "--app-dir", str(BENCH), "--workers", str(WORKERS)]
-    argv += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
-    running = Running(f"uvicorn --workers {WORKERS} ({manager})", port, _spawn(argv, log, env), log)
-    _started(running, lambda: _workers_answering(port, WORKERS))
-    return running
-
-
-def _started(running: Running, ready: Any) -> None:
-    try:
-        _wait(ready, running.name, running.proc, running.log)
-    except BenchError:
-        running.stop()
-        raise
 
 
 class Receiver(BrowserClient):
@@ -239,7 +193,7 @@ async def overhead_scenario(running: Running, emits: int, redis_pid: int | None)
     emitter = await emitter_for(f"http://127.0.0.1:{running.port}", source_address(60))
 
     def cpu_now() -> float:
-        return running.cpu_s() + (_cpu_s(redis_pid) if redis_pid else 0.0)
+        return running.cpu_s() + (cpu_s(redis_pid) if redis_pid else 0.0)
 
     try:
         # The idle cost (heartbeats, reports) over the same span is subtracted: it is not the emits'.
@@ -260,11 +214,6 @@ async def overhead_scenario(running: Running, emits: int, redis_pid: int | None)
         "cpu_us_per_emit": round(cpu / emits * 1e6, 1),
         "idle_cores": round(idle_per_s, 3),
     }
-
-
-def _cpu_s(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -294,11 +243,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for round_ in range(args.repeat if "cost" in args.parts else 0):
             for manager in ("wsup", "redis"):
                 server = start_wsup(free_port(), logs / f"cost-{manager}.log", manager, redis_url)
-                redis_cpu = _cpu_s(redis.pid)
+                redis_cpu = cpu_s(redis.pid)
                 try:
                     result = asyncio.run(cost_scenario(server, 200, 50, args.emits))
                     if manager == "redis":  # Redis's CPU is part of the Redis manager's cost
-                        extra = (_cpu_s(redis.pid) - redis_cpu) / max(result["deliveries"], 1) * 1e6
+                        extra = (cpu_s(redis.pid) - redis_cpu) / max(result["deliveries"], 1) * 1e6
                         result["redis_cpu_us_per_delivery"] = round(extra, 1)
                         result["cpu_us_per_delivery"] = round(result["cpu_us_per_delivery"] + extra, 1)
                     redis_pid = redis.pid if manager == "redis" else None
