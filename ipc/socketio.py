@@ -192,11 +192,19 @@ def valid_message(data: object) -> bool:
     fields = _FIELDS.get(data.get("method"))  # type: ignore[arg-type]
     if fields is None or not all(isinstance(data.get(name), types) for name, types in fields.items()):
         return False
+    for name in ("room", "skip_sid"):  # a list of rooms or sids holds names, nothing else
+        value = data.get(name)
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            return False
     if data["method"] != "emit":
         return True
     callback = data.get("callback")
     if callback is not None and not (
-        isinstance(callback, list) and len(callback) == 3 and isinstance(callback[2], int)
+        isinstance(callback, list)
+        and len(callback) == 3
+        and isinstance(callback[0], str | list)
+        and isinstance(callback[1], str)
+        and isinstance(callback[2], int)
     ):
         return False
     # Binary attachments travel base64-encoded after the first element.

@@ -83,6 +83,8 @@ def test_valid_manager_messages(message: dict[str, Any]) -> None:
         {"method": "emit", "event": "said", "data": [], "callback": ["a", "/"]},
         {"method": "emit", "event": "said", "data": [{}, 7], "binary": True},
         {"method": "enter_room", "sid": 1, "room": "r"},
+        {"method": "emit", "event": "said", "data": [], "room": ["a", {"b": 1}]},
+        {"method": "emit", "event": "said", "data": [], "callback": [None, "/", 1]},
         {"method": "callback", "host_id": "h", "sid": "s", "id": "1", "args": []},
     ],
 )
