@@ -37,6 +37,7 @@ __all__ = [
     "Membership",
     "Message",
     "Subscription",
+    "carried",
     "current",
     "install",
     "join",
@@ -62,6 +63,11 @@ def current() -> Hub:
     if _bus is None:
         _bus = LocalBus()
     return _bus
+
+
+def carried() -> bool:
+    """True in a wsup worker (the bus spans every worker); False in any other process (the bus is local to it)."""
+    return not isinstance(current(), LocalBus)
 
 
 async def publish(channel: str, message: object, *, exclude: object = None) -> bool:

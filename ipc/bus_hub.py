@@ -76,8 +76,11 @@ class Hub:
         """Stop receiving ``channel``."""
 
     # --- publishing ---------------------------------------------------------------------------------------
-    def publish(self, channel: str, message: object, exclude: object = None) -> bool:
-        """Send ``message`` to every member of ``channel`` in every worker; False if it was dropped (counted)."""
+    def publish(self, channel: str, message: object, exclude: object = None, *, count_refusal: bool = True) -> bool:
+        """Send ``message`` to every member of ``channel`` in every worker; False if it was dropped (counted).
+
+        ``count_refusal=False``: a caller that retries a refused message (back-pressure) counts its own loss.
+        """
         validate_channel(channel)
         kind, payload = encode_payload(message)
         if len(payload) > self.max_bytes:
@@ -90,7 +93,8 @@ class Hub:
         if sent:
             self.counters.published += 1
         else:
-            self.counters.dropped_hwm += 1
+            if count_refusal:
+                self.counters.dropped_hwm += 1
             seq -= 1  # not sent: receivers must not see a gap for it (it is counted here, once)
         self._seqs[channel] = seq  # re-inserted last: the dict stays in least-recently-used order
         if len(self._seqs) > MAX_SEQ_CHANNELS:

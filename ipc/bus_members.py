@@ -50,6 +50,12 @@ class BusCounters:
     disconnected_slow: int = 0  # members cut off for being slow (disconnect)
     malformed: int = 0  # bus messages that failed validation, dropped
     too_large: int = 0  # publishes refused for exceeding the size limit
+    # The Socket.IO manager's stream (ipc.socketio): its own path, never subject to the clients' slow policy.
+    manager_received: int = 0  # manager messages (emits, room changes, disconnects, acks) this worker received
+    manager_backlog_peak: int = 0  # most manager messages ever waiting to be handled at once
+    manager_dropped: int = 0  # manager messages dropped because that backlog reached its (large) bound
+    manager_unsent: int = 0  # manager messages not published: the bus queue stayed full past the wait
+    manager_malformed: int = 0  # manager messages that were not a valid python-socketio message, dropped
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

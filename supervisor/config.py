@@ -14,7 +14,7 @@ from typing import Any
 from ipc.errors import ConfigError
 from ipc.settings import WorkerSettings, check_range
 
-BALANCE_MODES = ("least-conn", "hash")
+BALANCE_MODES = ("least-conn", "hash", "ip-hash")
 MAX_WORKERS = 128  # the steering program addresses slots with 8-bit jumps; far beyond any one host's need
 
 

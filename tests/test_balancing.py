@@ -19,7 +19,8 @@ from supervisor.steering.balancing import (
     spread,
     weights_for,
 )
-from supervisor.steering.bpf import build_weighted_program, evaluate_program
+from supervisor.steering.bpf import build_weighted_program
+from supervisor.steering.bpf_eval import evaluate_program
 from supervisor.steering.load_tracker import LoadTracker, Plan
 
 

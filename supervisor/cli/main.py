@@ -54,7 +54,11 @@ def _add_start_options(start: argparse.ArgumentParser) -> None:
     start.add_argument("--factory", action="store_true", help="APP is a callable that returns the ASGI app")
     start.add_argument("--app-dir", help="directory to import APP from (default: current)")
     start.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log requests")
-    start.add_argument("--balance", help=f"least-conn (steer by live connections) or hash (default {d['balance']})")
+    start.add_argument(
+        "--balance",
+        help=f"least-conn (steer by live connections), ip-hash (one client address, one worker: sticky sessions)"
+        f" or hash (default {d['balance']})",
+    )
     start.add_argument(
         "--graceful-timeout", type=float, help=f"drain budget per worker (s, default {d['graceful_timeout']:g})"
     )

@@ -73,6 +73,19 @@ def _bus_line(label: str, bus: dict[str, Any]) -> str:
     )
 
 
+_MANAGER = ("manager_received", "manager_dropped", "manager_unsent", "manager_malformed")
+
+
+def _manager_line(bus: dict[str, Any]) -> str:
+    """The Socket.IO manager's stream (ipc.socketio): its messages, its deepest backlog, and anything lost."""
+    return (
+        f"socketio: {_count(int(bus.get('manager_received', 0)))} manager messages received,"
+        f" backlog peak {_count(int(bus.get('manager_backlog_peak', 0)))};"
+        f" lost: {_count(int(bus.get('manager_dropped', 0)))} dropped,"
+        f" {_count(int(bus.get('manager_unsent', 0)))} unsent; {_count(int(bus.get('manager_malformed', 0)))} malformed"
+    )
+
+
 def render_status(status: dict[str, Any]) -> str:
     balance = status.get("balance", {})
     mode = balance.get("mode", "?")
@@ -112,6 +125,8 @@ def render_status(status: dict[str, Any]) -> str:
         for worker in status["workers"] + status.get("draining", []):
             if any((worker.get("bus") or {}).get(key) for key in _BUS_DROPS):
                 lines.append(_bus_line(f"  slot {worker['slot']} pid {worker['pid']}", worker["bus"]))
+    if bus and any(bus.get(key) for key in _MANAGER):
+        lines.append(_manager_line(bus))
     for worker in status["workers"]:
         if worker.get("crash_loop") or (worker.get("pid") is None and worker.get("last_error")):
             lines.append(f"slot {worker['slot']}: {worker.get('last_error')}")

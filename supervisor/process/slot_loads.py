@@ -1,4 +1,5 @@
-"""What steering sees of each slot: which may take new connections, and the load its worker and queue hold now."""
+"""What steering sees of each slot: which may take new connections, and the load its worker and queue hold now
+(least-conn), or which may keep and take client addresses (ip-hash)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from supervisor.process.fleet import Fleet
 from supervisor.process.slots import Slot
 from supervisor.process.worker_state import WorkerState
 from supervisor.steering.balancing import SlotLoad
+from supervisor.steering.ip_hash import Role
 from supervisor.steering.tcp_info import accept_queue
 
 
@@ -71,3 +73,23 @@ def replaced_ready(fleet: Fleet) -> bool:
         s.worker is not None and s.worker.generation >= floor and s.worker.state is WorkerState.READY
         for s in fleet.slots
     )
+
+
+def sticky_roles(fleet: Fleet, stall_after: float) -> list[Role]:
+    """ip-hash: each slot's role for the bucket table (see ``supervisor.steering.ip_hash``).
+
+    A slot keeps its client addresses while its worker is replaced: a reload swaps the new worker in on the same
+    socket, and a crashed worker's queued connections wait for the next one. Only a slot being removed, or one in
+    a crash loop with no ready worker, gives them away; only a ready, reporting worker's slot is given new ones.
+    """
+    roles = []
+    for slot in fleet.slots:
+        worker = slot.worker
+        ready = worker is not None and worker.state is WorkerState.READY
+        if slot.removing or (slot.crash_loop and not ready):
+            roles.append(Role.OUT)
+        elif ready and worker is not None and worker.report_age() < stall_after and not fleet.stopping:
+            roles.append(Role.TAKES)
+        else:
+            roles.append(Role.HOLDS)
+    return roles

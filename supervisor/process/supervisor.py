@@ -32,7 +32,7 @@ from supervisor.process.fleet import Fleet, FleetTiming
 from supervisor.process.limits import describe_limits, raise_open_files_limit
 from supervisor.process.listeners import ListenerGroup, resolve
 from supervisor.process.operations import Operations
-from supervisor.process.slot_loads import slot_loads
+from supervisor.process.slot_loads import slot_loads, sticky_roles
 from supervisor.process.status import build_status
 from supervisor.process.tasks import TaskSupervisor
 from supervisor.process.worker_process import WorkerProcess
@@ -203,6 +203,9 @@ class Supervisor:
     # --- steering -----------------------------------------------------------------------------------------
     def steer(self, *, force: bool = False, min_interval: float | None = None) -> None:
         fleet = self.fleet
+        if fleet.slots and self.steering.mode == "ip-hash" and not fleet.stopping:
+            self.steering.update_sticky(self.listeners.sockets, sticky_roles(fleet, self.config.stall_after))
+            return
         if not fleet.slots or self.steering.mode != "least-conn" or fleet.stopping:
             return
         returning = None

@@ -1,7 +1,8 @@
 """The classic BPF program that steers new connections across the slots of an SO_REUSEPORT group.
 
-It builds a weighted random choice (``random % total``, then a chain of ``jge``/``ret``), interprets it for
-tests, and attaches it to or detaches it from the group (``SO_ATTACH_REUSEPORT_CBPF``, no privileges needed).
+It builds a weighted random choice (``random % total``, then a chain of ``jge``/``ret``) and attaches it to or
+detaches it from the group (``SO_ATTACH_REUSEPORT_CBPF``, no privileges needed). ``ip_hash`` builds the other
+program (sticky by client address); ``bpf_eval`` interprets both for tests.
 """
 
 from __future__ import annotations
@@ -24,20 +25,35 @@ SO_ATTACH_REUSEPORT_CBPF = 51
 SO_DETACH_REUSEPORT_BPF = 68
 
 # Opcode parts from <linux/filter.h> / <linux/bpf_common.h>.
-BPF_LD, BPF_ALU, BPF_JMP, BPF_RET = 0x00, 0x04, 0x05, 0x06
-BPF_W, BPF_ABS = 0x00, 0x20
-BPF_MOD, BPF_JGE, BPF_K = 0x90, 0x30, 0x00
+BPF_LD, BPF_ALU, BPF_JMP, BPF_RET, BPF_MISC = 0x00, 0x04, 0x05, 0x06, 0x07
+BPF_W, BPF_B, BPF_ABS = 0x00, 0x10, 0x20
+BPF_MUL, BPF_AND, BPF_RSH, BPF_MOD, BPF_XOR = 0x20, 0x50, 0x70, 0x90, 0xA0
+BPF_JA, BPF_JEQ, BPF_JGE = 0x00, 0x10, 0x30
+BPF_K, BPF_X = 0x00, 0x08
+BPF_TAX = 0x00
 
 LD_RANDOM = BPF_LD | BPF_W | BPF_ABS
 MOD_K = BPF_ALU | BPF_MOD | BPF_K
 JGE_K = BPF_JMP | BPF_JGE | BPF_K
 RET_K = BPF_RET | BPF_K
+LD_W_ABS = BPF_LD | BPF_W | BPF_ABS
+LD_B_ABS = BPF_LD | BPF_B | BPF_ABS
+MUL_K = BPF_ALU | BPF_MUL | BPF_K
+AND_K = BPF_ALU | BPF_AND | BPF_K
+RSH_K = BPF_ALU | BPF_RSH | BPF_K
+XOR_X = BPF_ALU | BPF_XOR | BPF_X
+JEQ_K = BPF_JMP | BPF_JEQ | BPF_K
+JA = BPF_JMP | BPF_JA
+TAX = BPF_MISC | BPF_TAX
 
 # An absolute load at SKF_AD_OFF + SKF_AD_RANDOM is not a packet read: the kernel replaces it with a fresh
 # prandom u32, which is what makes the program a random choice rather than a hash.
 SKF_AD_OFF = -0x1000
 SKF_AD_RANDOM = 56
 RANDOM_OFFSET = (SKF_AD_OFF + SKF_AD_RANDOM) & 0xFFFFFFFF
+# Absolute loads at SKF_NET_OFF + n read byte n of the packet's network header (the IP header): a reuseport
+# program's packet data starts at the transport header, so this is how it reaches the client's address.
+SKF_NET_OFF = -0x100000
 
 # Any index >= the number of sockets in the group makes reuseport_select_sock() fall back to its own hash
 # (run_bpf_filter returns NULL). The largest u32 can never be a real index, however large the group grows.
@@ -102,34 +118,6 @@ def pack_program(instructions: Sequence[Instruction]) -> bytes:
             raise ValueError(f"instruction {index} {fields} does not fit struct sock_filter (u16,u8,u8,u32)")
         parts.append(_FILTER.pack(code, jt, jf, k))
     return b"".join(parts)
-
-
-def evaluate_program(instructions: Sequence[Instruction], random_value: int) -> int:
-    """Run ``instructions`` as the kernel would with ``random_value`` as the ancillary random number.
-
-    Only the instructions ``build_weighted_program`` emits are understood (ld random, mod #k, jge #k, ret #k),
-    so tests can check which slot a given random number selects without a kernel.
-    """
-    if not 0 <= random_value <= _U32:
-        raise ValueError(f"random_value {random_value} is not a u32")
-    accumulator = 0
-    pc = 0
-    while pc < len(instructions):
-        code, jt, jf, k = instructions[pc]
-        if code == LD_RANDOM and k == RANDOM_OFFSET:
-            accumulator = random_value
-        elif code == MOD_K:
-            if k == 0:
-                raise ValueError(f"instruction {pc}: mod by zero (the kernel rejects such a program)")
-            accumulator %= k
-        elif code == JGE_K:
-            pc += jt if accumulator >= k else jf
-        elif code == RET_K:
-            return k
-        else:
-            raise ValueError(f"instruction {pc}: opcode {code:#x} (k={k:#x}) is not one the builder emits")
-        pc += 1
-    raise ValueError(f"program ran past its end ({len(instructions)} instructions) without a ret")
 
 
 class _SockFilter(ctypes.Structure):

@@ -7,6 +7,9 @@ stops or starts taking connections (a worker ready, crashed or silent), and on t
 after ``next_check`` seconds (``supervisor.steering.arrivals``): every 2 ms while connections pile up. If the kernel
 refuses the program (not Linux, an old kernel, a locked filter), wsup falls back to the kernel's hash, logs why,
 and ``wsup status`` shows it.
+
+With ``--balance ip-hash`` the program is the sticky one of ``ip_hash`` instead, rebuilt only when a slot's role
+(takes, holds, out) changes: loads do not move clients between slots.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from supervisor.steering.balancing import SlotLoad
-from supervisor.steering.bpf import SteeringUnavailableError, attach_program, build_weighted_program, detach_program
+from supervisor.steering.bpf import (
+    Instruction,
+    SteeringUnavailableError,
+    attach_program,
+    build_weighted_program,
+    detach_program,
+)
+from supervisor.steering.ip_hash import Role, build_ip_hash_program, moved, rebalance, shares
 from supervisor.steering.load_tracker import LoadTracker, Plan
 
 logger = logging.getLogger("wsup.steering")
@@ -54,6 +64,10 @@ class Steering:
         self.attach_seconds = 0.0
         self._last_plan = 0.0
         self._out: set[int] = set()  # slots that took no new connections at the last plan
+        # ip-hash: the bucket table (bucket -> slot), the roles it was built for, and buckets moved so far.
+        self.table: list[int] = []
+        self.roles: list[Role] = []
+        self.moved_buckets = 0
 
     def update(
         self,
@@ -86,16 +100,33 @@ class Steering:
         self.loads, self.plan, self._out = list(loads), plan, out
         if plan.weights == self.weights and not force:
             return
+        if self._attach(listeners, build_weighted_program(plan.weights)):
+            self.weights = plan.weights
+
+    def update_sticky(self, listeners: Sequence[socket.socket], roles: Sequence[Role]) -> None:
+        """ip-hash: rebuild the bucket table and its program when a slot's role changed (see ``ip_hash``)."""
+        if self.mode != "ip-hash" or not listeners or list(roles) == self.roles:
+            return
+        table = rebalance(self.table, roles)
+        if table != self.table or len(roles) != len(self.roles):
+            if not self._attach(listeners, build_ip_hash_program(table)):
+                return
+            self.moved_buckets += moved(self.table, table)
+            logger.info("steering: ip-hash buckets per slot %s", shares(table, len(roles)))
+            self.table = table
+        self.roles = list(roles)
+
+    def _attach(self, listeners: Sequence[socket.socket], program: list[Instruction]) -> bool:
         started = time.perf_counter()
         try:
             # Any listening member of the group can replace the group's program, atomically.
-            attach_program(listeners[0], build_weighted_program(plan.weights))
+            attach_program(listeners[0], program)
         except SteeringUnavailableError as exc:
             self.fall_back(listeners, str(exc))
-            return
+            return False
         self.attach_seconds += time.perf_counter() - started
         self.attaches += 1
-        self.weights = plan.weights
+        return True
 
     def next_check(self) -> float:
         """Seconds until connection arrivals should be checked again: soon while they pile up."""
@@ -121,11 +152,19 @@ class Steering:
 
     def describe(self) -> dict[str, Any]:
         plan = self.plan
+        weights = list(self.weights)
+        sticky: dict[str, Any] = {}
+        if self.mode == "ip-hash":
+            # The weights are the buckets (of ip_hash.BUCKETS) each slot's client addresses hash to: its share of
+            # new clients. How many buckets moved since start says how often clients were remapped.
+            weights = shares(self.table, len(self.roles))
+            sticky = {"buckets": weights, "moved_buckets": self.moved_buckets}
         return {
+            **sticky,
             "mode": self.mode,
             "requested": self.requested,
             "reason": self.reason,
-            "weights": list(self.weights),
+            "weights": weights,
             "updates": self.attaches,
             "mean_attach_us": round(self.attach_seconds / self.attaches * 1e6, 1) if self.attaches else None,
             # Why the weights are what they are: slots left out because their worker went silent (before the

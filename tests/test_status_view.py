@@ -1,0 +1,48 @@
+"""The human form of `wsup status`: what the balance mode and the Socket.IO manager's counters look like."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supervisor.cli.status_view import render_status
+
+
+def _status(bus: dict[str, int], mode: str = "ip-hash") -> dict[str, Any]:
+    worker = {
+        "slot": 0,
+        "pid": 10,
+        "state": "ready",
+        "connections": {"http": 0, "websocket": 3},
+        "weight_share": 1.0,
+        "bus": bus,
+    }
+    totals = {
+        "workers": 1,
+        "ready": 1,
+        "connections": {"http": 0, "websocket": 3},
+        "served": 3,
+        "cpu_percent": 0.0,
+        "rss_bytes": 0,
+        "restarts": 0,
+        "bus": bus,
+    }
+    return {
+        "name": "chat",
+        "app": "app.socketio_chat:asgi",
+        "address": "http://127.0.0.1:8000",
+        "supervisor": {"pid": 9, "uptime_s": 5, "rss_bytes": 0},
+        "balance": {"mode": mode, "buckets": [256], "weights": [256]},
+        "workers": [worker],
+        "totals": totals,
+    }
+
+
+def test_the_mode_and_the_socketio_line() -> None:
+    bus = {"members": 4, "manager_received": 12_400, "manager_backlog_peak": 64, "manager_malformed": 2}
+    text = render_status(_status(bus))
+    assert "balance: ip-hash" in text
+    assert "socketio: 12.4k manager messages received, backlog peak 64; lost: 0 dropped, 0 unsent; 2 malformed" in text
+
+
+def test_no_socketio_line_without_a_manager() -> None:
+    assert "socketio:" not in render_status(_status({"members": 1, "published": 5}, mode="least-conn"))
