@@ -355,10 +355,14 @@ def test_a_silent_worker_with_waiting_connections_is_left_out() -> None:
     loads = [shared(0, 10, queue=3, age=0.3), shared(1, 10, age=0.02), shared(2, 10, age=0.05), shared(3, 10, age=0.08)]
     plan = step(tracker, 1.0, loads)
     assert plan.stalled == [0] and plan.weights[0] == 0 and min(plan.weights[1:]) > 0
-    # Nobody waits on it: not yet (a busy loop that accepts nothing harms nobody)...
-    assert tracker.stalled(1.0, [shared(0, 10, age=0.3), *loads[1:]]) == []
+    # Left out, it stays out while it is silent, though nobody waits on it any more (its weight is 0)...
+    assert tracker.stalled(1.1, [shared(0, 10, age=0.4), *loads[1:]]) == [0]
+    # ...and is back once it reports again.
+    assert tracker.stalled(1.2, [shared(0, 10, age=0.02), *loads[1:]]) == []
+    # Never left out, a silent worker that nobody waits on is not singled out (a busy loop harms nobody)...
+    assert LoadTracker().stalled(1.0, [shared(0, 10, age=0.3), *loads[1:]]) == []
     # ...but silent for over a second, it is left out anyway.
-    assert tracker.stalled(1.0, [shared(0, 10, age=1.2), *loads[1:]]) == [0]
+    assert LoadTracker().stalled(1.0, [shared(0, 10, age=1.2), *loads[1:]]) == [0]
 
 
 def test_workers_that_are_all_behind_are_busy_not_stalled() -> None:

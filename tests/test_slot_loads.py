@@ -39,3 +39,13 @@ def test_a_silent_worker_is_left_out_while_another_can_take_its_clients() -> Non
         assert [load.eligible for load in slot_loads(h.fleet, [], stall_after=1.0)] == [True, False, True]
 
     run(scenario)
+
+
+def test_when_every_worker_is_silent_the_one_silent_longest_stays_out() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.started(3)
+        for worker, age in zip(h.workers(), (1.2, 1.3, 4.0), strict=True):
+            worker.age = age  # all behind (a saturated machine); the last one blocked long before the others
+        assert [load.eligible for load in slot_loads(h.fleet, [], stall_after=1.0)] == [True, True, False]
+
+    run(scenario)

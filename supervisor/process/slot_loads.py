@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Sequence
 
@@ -26,6 +27,15 @@ def slot_loads(fleet: Fleet, listeners: Sequence[socket.socket], stall_after: fl
     # to be replaced (traced at 5,000 clients: 17 landed on the next slot to drain and were cut twice).
     if any(awake):
         eligible = awake
+    elif any(eligible):
+        # All silent: keep the ones that went silent last (within half of stall_after of the least silent), so a
+        # worker blocked before the others fell behind is still left out.
+        ages = [
+            slot.worker.report_age() if ok and slot.worker else math.inf
+            for ok, slot in zip(eligible, fleet.slots, strict=True)
+        ]
+        least = min(ages)
+        eligible = [age <= least + stall_after / 2 for age in ages]
     for slot in fleet.slots:
         worker = slot.worker
         report = worker.last_report if worker else None

@@ -97,6 +97,8 @@ class LoadTracker:
         self._growing_at = -math.inf  # when the live total last grew faster than a steady stream explains
         # Per slot: the last accept-queue length seen, and when it last went down (the worker is accepting).
         self._queue: list[tuple[int, float]] = []
+        # Slots left out for silence at the last plan, with their report age then: out until they report again.
+        self._silenced: dict[int, float] = {}
 
     def observe(self, now: float, loads: Sequence[SlotLoad]) -> None:
         """Record what each slot shows now; call it before every ``plan`` and ``stalled``."""
@@ -138,8 +140,11 @@ class LoadTracker:
             self._growing_at = now
         self._reference = (now, placed, live)
 
-    def stalled(self, now: float, loads: Sequence[SlotLoad]) -> list[int]:
-        """Eligible slots whose worker went silent while its peers did not: its event loop is blocked."""
+    def stalled(self, now: float, loads: Sequence[SlotLoad], *, empty_queue_too: bool = False) -> list[int]:
+        """Eligible slots whose worker went silent while its peers did not: its event loop is blocked.
+
+        ``empty_queue_too``: also one that nobody waits on yet, for exact placement, which would send it everything.
+        """
         stalled = []
         for load in loads:
             if not load.eligible or load.report_age < STALL_S:
@@ -153,7 +158,11 @@ class LoadTracker:
             # machine is saturated (seen on 2 busy cores), not because its loop is stuck.
             _, drained_at = self._queue[load.slot] if load.slot < len(self._queue) else (0, 0.0)
             accepting = drained_at > now - load.report_age
-            if late >= STALL_EMPTY_S or (late >= STALL_S + busy and load.accept_queue > 0 and not accepting):
+            if load.report_age >= self._silenced.get(load.slot, math.inf) and not accepting:
+                stalled.append(load.slot)  # left out before and still silent: weight 0 until it reports again
+                continue
+            waited_on = load.accept_queue > 0 or empty_queue_too
+            if late >= STALL_EMPTY_S or (late >= STALL_S + busy and waited_on and not accepting):
                 stalled.append(load.slot)
         return stalled
 
@@ -169,6 +178,7 @@ class LoadTracker:
             # Never leave out every slot that may take connections: with no weight anywhere the kernel's hash
             # takes over, and it knows nothing of slots being replaced or removed. They are busy, not lost.
             stalled = []
+        self._silenced = {load.slot: load.report_age for load in ordered if load.slot in stalled}
         estimates: list[float | None] = [None] * len(ordered)
         for load in ordered:
             if load.eligible and load.slot not in stalled:
@@ -194,7 +204,21 @@ class LoadTracker:
             http_mean = sum(load.http for load in ordered if estimates[load.slot] is not None) / live
             if http_mean < EXACT_MAX_HTTP_PER_SLOT:
                 # Connections only (whole numbers), so equal slots tie exactly; requests in flight do not count here.
-                counts = [float(connections(load)) if estimates[load.slot] is not None else None for load in ordered]
+                # A silent worker is no target even with nobody waiting on it: it would be sent every arrival.
+                quiet = set(self.stalled(now, ordered, empty_queue_too=True))
+                if len(quiet) < live:
+                    stalled = sorted(set(stalled) | quiet)
+                    # Out until it reports again, in whatever mode the next plan is (a burst may come next).
+                    self._silenced.update({load.slot: load.report_age for load in ordered if load.slot in quiet})
+                counts = [
+                    float(connections(load)) if estimates[load.slot] is not None and load.slot not in quiet else None
+                    for load in ordered
+                ]
+                if all(count is None for count in counts):
+                    counts = [
+                        float(connections(load)) if e is not None else None
+                        for load, e in zip(ordered, estimates, strict=True)
+                    ]
                 weights = least_loaded_weights(counts)
                 return Plan(weights, estimates, stalled, 0.0, arrivals, self._rate(self._churn, now), fast, True)
         min_fair_share = 0.0
