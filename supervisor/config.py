@@ -15,6 +15,8 @@ from ipc.errors import ConfigError
 from ipc.settings import WorkerSettings, check_range
 
 BALANCE_MODES = ("least-conn", "hash")
+MAX_LIFETIME_FLOOR_S = 1.0  # a shorter lifetime would spend the worker's whole life starting and draining
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_WORKERS = 128  # the steering program addresses slots with 8-bit jumps; far beyond any one host's need
 
 
@@ -29,6 +31,21 @@ def parse_instances(value: str, option: str = "-i/--instances") -> int:
     if not 1 <= count <= MAX_WORKERS:
         raise ConfigError(f"{option} must be between 1 and {MAX_WORKERS} (or 'max'), got {count}")
     return count
+
+
+def parse_size(value: str | int, option: str = "--max-memory") -> int:
+    """``512M``, ``1G``, ``1.5G``, ``300MiB`` or a number of bytes (binary units, as ``ps`` and ``free`` use)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in _SIZE_UNITS else (text, "")
+    try:
+        size = float(number)
+    except ValueError:
+        raise ConfigError(f"{option} must be a size such as 512M or 1G, got {value!r}") from None
+    if not size >= 0 or size == float("inf"):
+        raise ConfigError(f"{option} must be a size such as 512M or 1G, got {value!r}")
+    return int(size * _SIZE_UNITS[unit])
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +63,12 @@ class SupervisorConfig:
     stall_after: float = 1.0
     backlog: int = 2048
     reload_batch: int = 1
+    # Recycling (0: off): a worker past a limit is replaced like a reload's slot, one at a time.
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    max_lifetime: float = 0.0
+    max_lifetime_jitter: float = 0.0
+    max_memory: int = 0  # bytes of the worker's RSS
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= MAX_WORKERS:
@@ -61,6 +84,18 @@ class SupervisorConfig:
         check_range("backlog", self.backlog, 1, 1 << 20)
         if self.reload_batch < 1:
             raise ConfigError(f"--reload-batch must be at least 1, got {self.reload_batch}")
+        check_range("max_requests", self.max_requests, 0, 1 << 53)
+        check_range("max_requests_jitter", self.max_requests_jitter, 0, 1 << 53)
+        check_range("max_lifetime_jitter", self.max_lifetime_jitter, 0, 10 * 365 * 86400)
+        check_range("max_memory", self.max_memory, 0, 1 << 50)
+        if self.max_lifetime:
+            check_range("max_lifetime", self.max_lifetime, MAX_LIFETIME_FLOOR_S, 10 * 365 * 86400)
+        elif self.max_lifetime < 0:
+            check_range("max_lifetime", self.max_lifetime, 0, 0)
+
+    @property
+    def recycles(self) -> bool:
+        return bool(self.max_requests or self.max_lifetime or self.max_memory)
 
     @property
     def app(self) -> str:

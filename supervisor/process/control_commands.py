@@ -52,7 +52,12 @@ class ControlCommands:
         sup = self.sup
         fleet = sup.fleet
         return build_status(
-            info={**sup.info, "operation": sup.operations.running, "stopping": fleet.stopping},
+            info={
+                **sup.info,
+                "operation": sup.operations.running,
+                "stopping": fleet.stopping,
+                "recycling": sup.recycler.describe(),
+            },
             fleet=fleet,
             balance=sup.steering.describe(),
             ipc={
