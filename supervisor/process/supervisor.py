@@ -31,6 +31,8 @@ from supervisor.process.control_commands import ControlCommands
 from supervisor.process.fleet import Fleet, FleetTiming
 from supervisor.process.listeners import ListenerGroup, resolve
 from supervisor.process.operations import Operations
+from supervisor.process.recycle_policy import Limits
+from supervisor.process.recycler import Recycler
 from supervisor.process.slot_loads import slot_loads
 from supervisor.process.tasks import TaskSupervisor
 from supervisor.process.worker_process import WorkerProcess
@@ -80,6 +82,7 @@ class Supervisor:
             )
             stack.callback(self._kill_leftovers)
             self.operations = Operations(self.fleet, config.reload_batch)
+            self.recycler = Recycler(self.fleet, self.operations, _limits(config))
             self.commands = ControlCommands(self)
             self.control = ControlServer(context, paths.control, self.commands.handle)
             stack.callback(self.control.close)
@@ -91,6 +94,8 @@ class Supervisor:
             self.tasks.supervise("stats", self._pump_stats)
             self.tasks.supervise("control", self.control.serve)
             self.tasks.supervise("signals", self._run_signals)
+            if config.recycles:
+                self.tasks.supervise("recycle", self.recycler.run)
             try:
                 await self.fleet.start(config.workers)
                 logger.info("%d workers ready on %s (%s)", config.workers, address.url, self.steering.mode)
@@ -111,7 +116,7 @@ class Supervisor:
             bus_in=self.paths.bus_in,
             bus_out=self.paths.bus_out,
         )
-        return WorkerProcess.spawn(spec)
+        return WorkerProcess.spawn(spec, self.config.worker.ssl_keyfile_password)
 
     def _kill_leftovers(self) -> None:
         """The last resort on the way out (the stop already drained them): no worker outlives its supervisor."""
@@ -189,3 +194,10 @@ class Supervisor:
         if self.steering.mode == "least-conn":
             listeners = self.listeners
             self.arrivals.arm_later(self.steering.next_check(), lambda: listeners.sockets)
+
+
+def _limits(config: SupervisorConfig) -> Limits:
+    return Limits(
+        config.max_requests, config.max_requests_jitter, config.max_lifetime, config.max_lifetime_jitter,
+        config.max_memory,
+    )  # fmt: skip
