@@ -89,6 +89,7 @@ def test_tls_is_served_and_a_reload_picks_up_a_renewed_certificate(
         "--ssl-keyfile-password-file", str(tmp_path / "password"),
     )  # fmt: skip
     status = wsup.wait_ready(2)
+    assert status["address"].startswith("https://")
     assert served_certificate(wsup.port) == first
     scope = https_get(wsup.port, tmp_path / "cert.pem")
     assert scope["scheme"] == "https" and scope["password_seen"] is None  # the app never sees the password

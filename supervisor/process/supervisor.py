@@ -67,7 +67,8 @@ class Supervisor:
             self.listeners = ListenerGroup.open(resolve(config.host, config.port), config.workers, config.backlog)
             stack.callback(self.listeners.close)
             address = self.listeners.address
-            self.info.update(address=address.url, host=address.host, port=address.port)
+            url = address.url.replace("http://", "https://", 1) if config.worker.uses_tls else address.url
+            self.info.update(address=url, host=address.host, port=address.port)
             self.stats = StatsReceiver(context, paths.stats)
             stack.callback(self.stats.close)
             self.bus = BusProxy(paths.bus_in, paths.bus_out, max_bytes=config.worker.bus_max_bytes)
