@@ -76,7 +76,8 @@ class Recycler:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            await self.step()
+            while await self.step() is not None:  # workers may be waiting in line: the next goes at once
+                pass
 
     async def step(self) -> Due | None:
         """Look once; recycle the worker most past its limit, if any. Returns what was recycled."""
