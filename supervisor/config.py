@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipc.errors import ConfigError
-from ipc.settings import WorkerSettings, check_range
+from ipc.settings import WorkerSettings, check_range, option
 
 BALANCE_MODES = ("least-conn", "hash")
 MAX_LIFETIME_FLOOR_S = 1.0  # a shorter lifetime would spend the worker's whole life starting and draining
@@ -31,6 +31,33 @@ def parse_instances(value: str, option: str = "-i/--instances") -> int:
     if not 1 <= count <= MAX_WORKERS:
         raise ConfigError(f"{option} must be between 1 and {MAX_WORKERS} (or 'max'), got {count}")
     return count
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "tuple[str, ...]": (tuple, list),
+}
+_KINDS = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def check_type(name: str, value: Any, annotation: str) -> None:
+    """Refuse a value of the wrong type for a settings field (``bool`` is not a number here), naming the option;
+    ranges are checked by the dataclasses themselves."""
+    base, _, optional = annotation.partition(" | ")
+    if value is None and optional == "None":
+        return
+    allowed = _TYPES.get(base)
+    if allowed is None:
+        return
+    if isinstance(value, bool) and bool not in allowed:
+        allowed = ()
+    if not isinstance(value, allowed):
+        expected = _KINDS.get(base, "a list of strings")
+        label = "-i/--instances" if name == "workers" else option(name)
+        raise ConfigError(f"{label} must be {expected}, got {type(value).__name__} {value!r}")
 
 
 def parse_size(value: str | int, option: str = "--max-memory") -> int:
@@ -114,5 +141,8 @@ class SupervisorConfig:
         unknown = sorted(set(options) - own - theirs)
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        annotations = {f.name: str(f.type) for f in (*dataclasses.fields(cls), *dataclasses.fields(WorkerSettings))}
+        for key, value in options.items():
+            check_type(key, value, annotations[key])
         worker = WorkerSettings(**{k: v for k, v in options.items() if k in theirs})
         return cls(worker=worker, **{k: v for k, v in options.items() if k in own})

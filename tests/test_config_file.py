@@ -9,6 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from ipc.errors import ConfigError
+from supervisor.config import SupervisorConfig, parse_size
 from tests.wsup_harness import free_port, run_cli
 
 
@@ -114,3 +116,28 @@ def test_a_missing_module_from_another_directory_is_not_the_demo(tmp_path: Path,
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert "could not import module 'app'" in last, last
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"port": "80"}, "--port must be a whole number, got str '80'"),
+        ({"workers": True}, "-i/--instances must be a whole number, got bool True"),
+        ({"max_lifetime": "1h"}, "--max-lifetime must be a number"),
+        ({"proxy_headers": 1}, "--proxy-headers must be true or false"),
+        ({"bogus": 1}, "unknown setting(s): bogus"),
+    ],
+)
+def test_settings_built_in_code_are_type_checked_too(options: dict[str, object], expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        SupervisorConfig.from_options({"app": "a:b", "workers": 1, "name": "x", **options})
+    assert expected in str(caught.value)
+
+
+def test_sizes() -> None:
+    assert [parse_size(v) for v in ("512M", "1G", "1.5G", "300MiB", "1024", 2048, "0")] == [
+        512 << 20, 1 << 30, 3 << 29, 300 << 20, 1024, 2048, 0,
+    ]  # fmt: skip
+    for bad in ("lots", "-1M", "nanM", "infG", ""):
+        with pytest.raises(ConfigError, match="must be a size"):
+            parse_size(bad)
