@@ -171,3 +171,28 @@ def test_a_replacement_that_fails_keeps_the_old_worker_and_backs_off() -> None:
         await rig.finish_replacements(task)
 
     run(scenario())
+
+
+def test_a_replacement_is_sampled_at_once_even_while_its_recycle_still_drains() -> None:
+    async def scenario() -> None:
+        rig = Rig(Limits(max_memory=100 * MIB))
+        h = rig.h
+        await h.started(2)
+        first, second = h.workers()
+        rig.memory.update({first.pid: 40 * MIB, second.pid: 40 * MIB})
+        rig.recycler.observe(h.now)  # their first samples: under the limit
+        rig.memory[first.pid] = 130 * MIB  # a leak
+        task = await rig.step()
+        replacement = h.starting()[0]
+        rig.memory[replacement.pid] = 150 * MIB  # over the limit from its start: recycling it again would loop
+        replacement.on_ready()
+        await h.settle()
+        assert rig.operations.running == "recycle" and first.state is WorkerState.DRAINING
+        rig.recycler.observe(h.now)
+        assert len(rig.recycler.held) == 1 and str(replacement.pid) in rig.recycler.describe()["held"][0]
+        first.exit(0)
+        await h.settle()
+        assert (await asyncio.wait_for(task, 1.0)).reason == "max-memory"
+        assert rig.recycler.check(h.now) is None  # held, not recycled
+
+    run(scenario())

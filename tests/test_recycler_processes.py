@@ -11,6 +11,7 @@ from tests.load import HttpLoad, ReconnectingClient
 from tests.wsup_harness import Instance, wait_until
 
 MIB = 1 << 20
+_QUICK_DRAIN = ("--ws-drain-window", "0.5")  # the drain is most of a recycle's time: keep the tests short
 
 
 def _recycled(wsup: Instance, reason: str, slots: int) -> dict[str, Any] | None:
@@ -52,33 +53,33 @@ def _under_load(wsup: Instance, until: Callable[[], Any], websockets: int = 40, 
 
 
 def test_every_worker_is_recycled_after_max_requests_and_no_request_fails(start_wsup: Callable[..., Instance]) -> None:
-    wsup = start_wsup("app:asgi", "-i", "2", "--max-requests", "150", "--max-requests-jitter", "30")
+    wsup = start_wsup("app:asgi", "-i", "2", "--max-requests", "100", "--max-requests-jitter", "30", *_QUICK_DRAIN)
     wsup.wait_ready(2)
-    status = _under_load(wsup, lambda: _recycled(wsup, "max-requests", 2))
+    status = _under_load(wsup, lambda: _recycled(wsup, "max-requests", 2), websockets=20)
     for worker in status["workers"]:
         assert worker["reason"] == "max-requests" or worker["replacements"].get("max-requests")
-    assert status["recycling"]["max_requests"] == 150  # ("recycled" counts a recycle once its drain ends)
+    assert status["recycling"]["max_requests"] == 100  # ("recycled" counts a recycle once its drain ends)
     limits = status["recycling"]["workers"].values()
-    assert all(150 <= limit["requests"] <= 180 for limit in limits)
+    assert all(100 <= limit["requests"] <= 130 for limit in limits)
     text = wsup.cli("status", "--name", wsup.name).stdout
-    assert "by max-requests" in text and "recycling: after 150 requests" in text
+    assert "by max-requests" in text and "recycling: after 100 requests" in text
 
 
 def test_workers_are_recycled_at_max_lifetime(start_wsup: Callable[..., Instance]) -> None:
-    wsup = start_wsup("app:asgi", "-i", "2", "--max-lifetime", "4", "--max-lifetime-jitter", "2")
+    wsup = start_wsup("app:asgi", "-i", "2", "--max-lifetime", "2", "--max-lifetime-jitter", "1", *_QUICK_DRAIN)
     wsup.wait_ready(2)
-    status = _under_load(wsup, lambda: _recycled(wsup, "max-lifetime", 2), websockets=20)
+    status = _under_load(wsup, lambda: _recycled(wsup, "max-lifetime", 2), websockets=10)
     assert status["totals"]["replacements"].get("max-lifetime", 0) >= 2
 
 
 def test_a_leaking_worker_is_recycled_at_max_memory(start_wsup: Callable[..., Instance]) -> None:
-    wsup = start_wsup("tests.apps.lifecycle_app:asgi", "-i", "2", "--max-memory", "120M")
+    wsup = start_wsup("tests.apps.lifecycle_app:asgi", "-i", "2", "--max-memory", "100M", *_QUICK_DRAIN)
     before = wsup.wait_ready(2)
-    assert all(w["rss_bytes"] < 100 * MIB for w in before["workers"]), "the test app is larger than this test assumes"
-    # Every request leaks 16 KiB: each worker grows by a few MiB a second until it passes 120 MiB.
-    status = _under_load(wsup, lambda: _recycled(wsup, "max-memory", 2), websockets=20, path="/leak?kib=16")
+    assert all(w["rss_bytes"] < 80 * MIB for w in before["workers"]), "the test app is larger than this test assumes"
+    # Every request leaks 16 KiB: each worker grows by a few MiB a second until it passes 100 MiB.
+    status = _under_load(wsup, lambda: _recycled(wsup, "max-memory", 2), websockets=10, path="/leak?kib=16")
     assert status["recycling"]["held"] == []
-    assert status["recycling"]["max_memory_bytes"] == 120 * MIB
+    assert status["recycling"]["max_memory_bytes"] == 100 * MIB
 
 
 def test_a_worker_over_max_memory_from_the_start_is_reported_not_recycled(

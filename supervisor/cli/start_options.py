@@ -58,7 +58,7 @@ def add_uvicorn(start: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--ssl-keyfile-password-file", metavar="FILE", help="read the key's password from FILE")
     group.add_argument("--ssl-ca-certs", metavar="FILE", help="CA certificates file")
-    group.add_argument("--timeout-keep-alive", type=float, metavar="SECONDS", help="close idle keep-alive after (5)")
+    group.add_argument("--timeout-keep-alive", type=int, metavar="SECONDS", help="close idle keep-alive after (5)")
     group.add_argument(
         "--proxy-headers",
         action=argparse.BooleanOptionalAction,

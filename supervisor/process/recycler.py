@@ -74,22 +74,45 @@ class Recycler:
         self.recycled = 0
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            while await self.step() is not None:  # workers may be waiting in line: the next goes at once
-                pass
+        """Look every ``interval``. A recycle runs as a task of its own, so that the looks go on meanwhile: a new
+        worker's first memory sample is taken within one interval of its readiness, also while a recycle (or a
+        reload) drains, which is what tells a worker that is over the limit from the start from a leak."""
+        recycling: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                if recycling is not None and recycling.done():
+                    finished: asyncio.Task[None] = recycling
+                    recycling = None
+                    finished.result()  # a bug in a recycle fails this supervised task: logged, counted, restarted
+                if recycling is None:
+                    due = self.check(self._clock())
+                    if due is not None:
+                        recycling = asyncio.create_task(self._recycle_in_line(due))
+                else:
+                    self.observe(self._clock())
+        finally:
+            if recycling is not None:
+                recycling.cancel()
+
+    async def _recycle_in_line(self, due: Due | None) -> None:
+        while due is not None and await self._recycle(due):  # workers waiting in line: the next goes at once
+            due = self.check(self._clock())
 
     async def step(self) -> Due | None:
         """Look once; recycle the worker most past its limit, if any. Returns what was recycled."""
         due = self.check(self._clock())
-        if due is None:
+        if due is None or not await self._recycle(due):
             return None
+        return due
+
+    async def _recycle(self, due: Due) -> bool:
         slot = self.fleet.slots[due.slot]
         logger.info("slot %d: recycling worker %d (%s)", due.slot, due.pid, due.reason)
         try:
             await self.operations.recycle(slot, due.pid, due.reason)
         except (ReloadInProgressError, OperationInterruptedError):
-            return None  # an operation started meanwhile, or the instance is stopping: look again later
+            return False  # an operation started meanwhile, or the instance is stopping: look again later
         except WsupError as exc:
             failures = self._failures.get(due.slot, 0) + 1
             self._failures[due.slot] = failures
@@ -97,13 +120,14 @@ class Recycler:
             self._retry_at[due.slot] = self._clock() + delay
             self.last_error = f"slot {due.slot}: {due.reason} recycle failed: {exc}"[:500]
             logger.error("%s; trying again in %.0fs", self.last_error, delay)
-            return None
+            return False
         self._failures.pop(due.slot, None)
         self.recycled += 1
-        return due
+        return True
 
     def check(self, now: float) -> Due | None:
         """The worker to recycle now, or None (nothing due, or not the time: an operation runs, a stop...)."""
+        self.observe(now)
         fleet = self.fleet
         if fleet.phase is not Phase.RUNNING or self.operations.running is not None:
             return None
@@ -112,18 +136,27 @@ class Recycler:
             sample = self._sample(slot, now)
             if sample is not None:
                 candidates.append((sample, self._limits_of(sample.pid)))
-        self._forget_gone()
-        for sample, limits in candidates:
-            if sample.memory and sample.pid not in self._first_memory:
-                self._first_memory[sample.pid] = sample.memory
-                if born_over(sample.memory, limits):
-                    self.held[sample.pid] = (
-                        f"slot {sample.slot}: worker {sample.pid} uses {sample.memory >> 20} MiB right after start,"
-                        f" over --max-memory ({(limits.memory or 0) >> 20} MiB): not recycled, since its replacement"
-                        " would be too; raise --max-memory"
-                    )
-                    logger.error("%s", self.held[sample.pid])
         return choose(candidates, set(self.held))
+
+    def observe(self, now: float) -> None:
+        """Take each new serving worker's first memory sample (whatever runs), and hold it if it is over the limit
+        already: its replacement would be too, so recycling it would loop."""
+        self._forget_gone()
+        if not self.limits.max_memory:
+            return
+        for slot in self.fleet.slots:
+            worker = slot.worker
+            if worker is None or worker.state is not WorkerState.READY or worker.pid in self._first_memory:
+                continue
+            memory = self._first_memory[worker.pid] = self._memory(worker.pid)
+            limits = self._limits_of(worker.pid)
+            if memory and born_over(memory, limits):
+                self.held[worker.pid] = (
+                    f"slot {slot.index}: worker {worker.pid} uses {memory >> 20} MiB right after start, over"
+                    f" --max-memory ({(limits.memory or 0) >> 20} MiB): not recycled, since its replacement would be"
+                    " too; raise --max-memory"
+                )
+                logger.error("%s", self.held[worker.pid])
 
     def _sample(self, slot: Slot, now: float) -> Sample | None:
         worker = slot.worker
