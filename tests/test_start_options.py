@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.wsup_harness import Instance
+from tests.wsup_harness import Instance, free_port, run_cli
 
 PASSWORD = "correct horse battery staple"
 
@@ -163,3 +163,23 @@ def test_no_proxy_headers_ignores_forwarded_headers(start_wsup: Callable[..., In
     wsup.wait_ready(1)
     _, body = _get(wsup.port, "/scope", headers={"X-Forwarded-For": "203.0.113.9"})
     assert orjson.loads(body)["client"] == "127.0.0.1"
+
+
+def test_a_daemon_gets_the_password_through_its_environment_not_its_command_line(
+    wsup_env: dict[str, str], tmp_path: Path
+) -> None:
+    make_certificate(tmp_path, "daemon", PASSWORD)
+    port = free_port()
+    args = ["--ssl-keyfile", str(tmp_path / "key.pem"), "--ssl-certfile", str(tmp_path / "cert.pem")]
+    started = run_cli(
+        "start", "tests.apps.lifecycle_app:asgi", "--daemon", "--port", str(port), "--name", "tlsd",
+        "--ssl-keyfile-password", PASSWORD, *args, env=wsup_env, timeout=120,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        status = orjson.loads(run_cli("status", "--name", "tlsd", "--json", env=wsup_env).stdout)
+        pids = [status["supervisor"]["pid"], *(w["pid"] for w in status["workers"])]
+        assert all(PASSWORD not in " ".join(psutil.Process(pid).cmdline()) for pid in pids)
+        assert https_get(port, tmp_path / "cert.pem")["scheme"] == "https"
+    finally:
+        assert run_cli("stop", "--name", "tlsd", env=wsup_env).returncode == 0
