@@ -45,20 +45,23 @@ def find(explicit: str | None, cwd: Path) -> tuple[Path, dict[str, Any]] | None:
     """The config file in force and its table, or None when the project has none."""
     if explicit is not None:
         path = Path(explicit)
-        table = _read(path)
-        return path, table.get("tool", {}).get("wsup", {}) if path.name == PYPROJECT else table
+        return path, (_tool_table(path) or {}) if path.name == PYPROJECT else _read(path)
     toml, pyproject = cwd / WSUP_TOML, cwd / PYPROJECT
     own = (toml, _read(toml)) if toml.is_file() else None
-    tool = _read(pyproject).get("tool", {}).get("wsup") if pyproject.is_file() else None
+    tool = _tool_table(pyproject) if pyproject.is_file() else None
     if own is not None and tool is not None:
         raise ConfigError(f"both {toml} and [tool.wsup] in {pyproject} configure wsup: keep one of them")
     if own is not None:
         return own
-    if tool is not None:
-        if not isinstance(tool, dict):
-            raise ConfigError(f"{pyproject}: [tool.wsup] must be a table")
-        return pyproject, tool
-    return None
+    return (pyproject, tool) if tool is not None else None
+
+
+def _tool_table(pyproject: Path) -> dict[str, Any] | None:
+    tool = _read(pyproject).get("tool", {})
+    table = tool.get("wsup") if isinstance(tool, dict) else None
+    if table is not None and not isinstance(table, dict):
+        raise ConfigError(f"{pyproject}: [tool.wsup] must be a table")
+    return table
 
 
 def _read(path: Path) -> dict[str, Any]:
