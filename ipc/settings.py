@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -21,6 +22,8 @@ from ipc.errors import ConfigError
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 MAX_BUS_MAX_BYTES = 64 << 20  # one message is copied once per worker; beyond this, send a link to the data
+PASSWORD_ENV = "WSUP_SSL_KEYFILE_PASSWORD"  # how the key's password reaches a worker: never on a command line
+_HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n\x00]*$")
 _APP_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
@@ -60,6 +63,21 @@ class WorkerSettings:
     bus_policy: str = "drop-oldest"  # what a full queue does: drop-oldest or disconnect
     bus_max_bytes: int = DEFAULT_MAX_BYTES  # largest message the bus accepts
     bus_coalesce_ms: float = 5.0  # under load, a client's messages of this window share one write (0: never)
+    # Passed to uvicorn in each worker, with uvicorn's names, meanings and defaults.
+    ssl_keyfile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile_password: str | None = field(default=None, repr=False)  # never in a spec, a log or `wsup config`
+    ssl_ca_certs: str | None = None
+    proxy_headers: bool = True
+    forwarded_allow_ips: str | None = None  # None: uvicorn's $FORWARDED_ALLOW_IPS, else 127.0.0.1
+    root_path: str = ""
+    ws_max_size: int = 16 * 1024 * 1024
+    ws_ping_interval: float | None = 20.0
+    ws_ping_timeout: float | None = 20.0
+    ws_per_message_deflate: bool = True
+    limit_concurrency: int | None = None
+    env_file: str | None = None  # loaded in each worker before the app is imported (python-dotenv, no override)
+    header: tuple[str, ...] = ()  # extra response headers, "Name: value"
 
     def __post_init__(self) -> None:
         validate_app_path(self.app)
@@ -74,6 +92,36 @@ class WorkerSettings:
         Policy.parse(self.bus_policy)
         check_range("bus_max_bytes", self.bus_max_bytes, 1, MAX_BUS_MAX_BYTES)
         check_range("bus_coalesce_ms", self.bus_coalesce_ms, 0, 1000)
+        self._check_uvicorn_options()
+
+    def _check_uvicorn_options(self) -> None:
+        if (self.ssl_keyfile is None) != (self.ssl_certfile is None):
+            raise ConfigError("--ssl-keyfile and --ssl-certfile go together: give both, or neither")
+        for name in ("ssl_keyfile", "ssl_certfile", "ssl_ca_certs", "env_file"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"{option(name)} {path!r} is not a readable file")
+        check_range("ws_max_size", self.ws_max_size, 1, 1 << 31)
+        for name in ("ws_ping_interval", "ws_ping_timeout"):
+            value = getattr(self, name)
+            if value is not None:
+                check_range(name, value, 0, 86400)
+        if self.limit_concurrency is not None:
+            check_range("limit_concurrency", self.limit_concurrency, 1, 1 << 24)
+        if self.root_path and not self.root_path.startswith("/"):
+            raise ConfigError(f"--root-path must start with '/', got {self.root_path!r}")
+        for header in self.header:
+            if not _HEADER_RE.match(header):
+                raise ConfigError(f"--header must look like 'Name: value', got {header!r}")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.ssl_certfile is not None
+
+    def headers(self) -> list[tuple[str, str]]:
+        """``--header`` values as uvicorn's ``(name, value)`` pairs."""
+        pairs = (header.split(":", 1) for header in self.header)
+        return [(name.strip(), value.strip()) for name, value in pairs]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +140,19 @@ class WorkerSpec:
     counters_fd: int = -1  # the shared page of its connection counters (ipc.counters), -1 for none
 
     def to_json(self) -> str:
-        return orjson.dumps(dataclasses.asdict(self)).decode()
+        """The spec for the worker's command line, which anyone on the host can read: the key's password is left
+        out (it goes through the environment, ``PASSWORD_ENV``)."""
+        data = dataclasses.asdict(self)
+        data["settings"]["ssl_keyfile_password"] = None
+        return orjson.dumps(data).decode()
 
     @classmethod
     def from_json(cls, text: str) -> WorkerSpec:
         try:
             data: dict[str, Any] = orjson.loads(text)
-            settings = WorkerSettings(**data.pop("settings"))
+            raw = data.pop("settings")
+            raw["header"] = tuple(raw.get("header") or ())
+            settings = WorkerSettings(**raw)
             return cls(settings=settings, **data)
         except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
             raise ConfigError(f"bad worker spec: {exc}") from None

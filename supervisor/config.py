@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipc.errors import ConfigError
-from ipc.settings import WorkerSettings, check_range
+from ipc.settings import WorkerSettings, check_range, option
 
 BALANCE_MODES = ("least-conn", "hash", "ip-hash")
+MAX_LIFETIME_FLOOR_S = 1.0  # a shorter lifetime would spend the worker's whole life starting and draining
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_WORKERS = 128  # the steering program addresses slots with 8-bit jumps; far beyond any one host's need
 
 
@@ -29,6 +31,48 @@ def parse_instances(value: str, option: str = "-i/--instances") -> int:
     if not 1 <= count <= MAX_WORKERS:
         raise ConfigError(f"{option} must be between 1 and {MAX_WORKERS} (or 'max'), got {count}")
     return count
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "tuple[str, ...]": (tuple, list),
+}
+_KINDS = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def check_type(name: str, value: Any, annotation: str) -> None:
+    """Refuse a value of the wrong type for a settings field (``bool`` is not a number here), naming the option;
+    ranges are checked by the dataclasses themselves."""
+    base, _, optional = annotation.partition(" | ")
+    if value is None and optional == "None":
+        return
+    allowed = _TYPES.get(base)
+    if allowed is None:
+        return
+    if isinstance(value, bool) and bool not in allowed:
+        allowed = ()
+    if not isinstance(value, allowed):
+        expected = _KINDS.get(base, "a list of strings")
+        label = "-i/--instances" if name == "workers" else option(name)
+        raise ConfigError(f"{label} must be {expected}, got {type(value).__name__} {value!r}")
+
+
+def parse_size(value: str | int, option: str = "--max-memory") -> int:
+    """``512M``, ``1G``, ``1.5G``, ``300MiB`` or a number of bytes (binary units, as ``ps`` and ``free`` use)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in _SIZE_UNITS else (text, "")
+    try:
+        size = float(number)
+    except ValueError:
+        raise ConfigError(f"{option} must be a size such as 512M or 1G, got {value!r}") from None
+    if not size >= 0 or size == float("inf"):
+        raise ConfigError(f"{option} must be a size such as 512M or 1G, got {value!r}")
+    return int(size * _SIZE_UNITS[unit])
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +90,12 @@ class SupervisorConfig:
     stall_after: float = 1.0
     backlog: int = 2048
     reload_batch: int = 1
+    # Recycling (0: off): a worker past a limit is replaced like a reload's slot, one at a time.
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    max_lifetime: float = 0.0
+    max_lifetime_jitter: float = 0.0
+    max_memory: int = 0  # bytes of the worker's RSS
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= MAX_WORKERS:
@@ -61,6 +111,18 @@ class SupervisorConfig:
         check_range("backlog", self.backlog, 1, 1 << 20)
         if self.reload_batch < 1:
             raise ConfigError(f"--reload-batch must be at least 1, got {self.reload_batch}")
+        check_range("max_requests", self.max_requests, 0, 1 << 53)
+        check_range("max_requests_jitter", self.max_requests_jitter, 0, 1 << 53)
+        check_range("max_lifetime_jitter", self.max_lifetime_jitter, 0, 10 * 365 * 86400)
+        check_range("max_memory", self.max_memory, 0, 1 << 50)
+        if self.max_lifetime:
+            check_range("max_lifetime", self.max_lifetime, MAX_LIFETIME_FLOOR_S, 10 * 365 * 86400)
+        elif self.max_lifetime < 0:
+            check_range("max_lifetime", self.max_lifetime, 0, 0)
+
+    @property
+    def recycles(self) -> bool:
+        return bool(self.max_requests or self.max_lifetime or self.max_memory)
 
     @property
     def app(self) -> str:
@@ -79,5 +141,8 @@ class SupervisorConfig:
         unknown = sorted(set(options) - own - theirs)
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        annotations = {f.name: str(f.type) for f in (*dataclasses.fields(cls), *dataclasses.fields(WorkerSettings))}
+        for key, value in options.items():
+            check_type(key, value, annotations[key])
         worker = WorkerSettings(**{k: v for k, v in options.items() if k in theirs})
         return cls(worker=worker, **{k: v for k, v in options.items() if k in own})

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,13 @@ from ipc.endpoints import (
     runtime_root,
 )
 from ipc.errors import AmbiguousInstanceError, ConfigError, SupervisorTimeoutError, WsupError
-from ipc.settings import WorkerSettings
+from ipc.settings import PASSWORD_ENV, WorkerSettings
 from supervisor.cli.daemon import notify, start_detached
+from supervisor.cli.settings_view import effective_settings, render_settings
 from supervisor.cli.status_view import render_instances, render_status
 from supervisor.config import SupervisorConfig, parse_instances
 
-__all__ = ["render_instances", "render_status"]
+__all__ = ["effective_settings", "render_instances", "render_settings", "render_status"]
 # `wsup start` options that are settings: every field of the two settings dataclasses (the others steer the CLI
 # itself: --daemon, --log-file, --notify-fd), and -i, which becomes ``workers``.
 START_OPTIONS = frozenset(
@@ -35,24 +37,49 @@ START_OPTIONS = frozenset(
     | {"instances"}
 )
 CONTROL_TIMEOUT_S = 5.0
+MAX_SECRET_BYTES = 4096
 
 
-def config_from_args(args: argparse.Namespace) -> SupervisorConfig:
-    """The options given on the command line (argparse leaves the others out: their defaults live in the config)."""
-    options = {key: value for key, value in vars(args).items() if key in START_OPTIONS}
-    options["workers"] = parse_instances(options.pop("instances", "1"))
-    options.setdefault("name", args.app.partition(":")[0].replace(".", "-"))
+def config_from_options(given: Mapping[str, Any]) -> SupervisorConfig:
+    """The config of `wsup start` from its options in force (command line over config file; the others are
+    absent: their defaults live in the config classes)."""
+    options = {key: value for key, value in given.items() if key in START_OPTIONS}
+    if not options.get("app"):
+        raise ConfigError(
+            'no APP: name it (`wsup start main:app`) or set app = "main:app" in wsup.toml'
+            " or [tool.wsup] in pyproject.toml"
+        )
+    options["workers"] = parse_instances(str(options.pop("instances", "1")))
+    options.setdefault("name", options["app"].partition(":")[0].replace(".", "-"))
+    if "header" in options:
+        options["header"] = tuple(options["header"])
+    password_file = given.get("ssl_keyfile_password_file")
+    if password_file is not None:
+        options["ssl_keyfile_password"] = _read_secret(str(password_file))
+    elif "ssl_keyfile_password" not in options and os.environ.get(PASSWORD_ENV):
+        options["ssl_keyfile_password"] = os.environ[PASSWORD_ENV]
     return SupervisorConfig.from_options(options)
 
 
-async def start_foreground(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+def _read_secret(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"--ssl-keyfile-password-file {path!r}: {exc.strerror or exc}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise ConfigError(f"--ssl-keyfile-password-file {path!r} is larger than {MAX_SECRET_BYTES} bytes")
+    return data.decode(errors="replace").rstrip("\r\n")
+
+
+async def start_foreground(options: Mapping[str, Any], notify_fd: int | None) -> int:
+    config = config_from_options(options)
     paths = instance_paths(config.name)
     from supervisor.process.supervisor import Supervisor  # only `wsup start` needs the supervisor process's code
 
     def on_ready(info: dict[str, Any]) -> None:
-        if args.notify_fd is not None:
-            notify(args.notify_fd, {"ok": True, **info})
+        if notify_fd is not None:
+            notify(notify_fd, {"ok": True, **info})
         else:
             print(
                 f"wsup: {config.name} serving {config.app} on {info['address']} with {len(info['workers'])} workers"
@@ -64,12 +91,32 @@ async def start_foreground(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_daemon(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    config = config_from_args(args)  # fail on bad input here, before anything is spawned
+def start_daemon(options: Mapping[str, Any], argv: list[str], config_path: Path | None) -> dict[str, Any]:
+    """Start the same `wsup start` detached. The child reads the same config file (named explicitly: the
+    directory it was found in could change meanwhile), and gets the key's password through its environment,
+    not its command line."""
+    config = config_from_options(options)  # fail on bad input here, before anything is spawned
     instance_paths(config.name)
-    log_file = args.log_file or str(runtime_root() / f"{config.name}.log")
-    info = start_detached(["start", *argv], Path(log_file), timeout=config.ready_timeout + 15)
+    log_file = options.get("log_file") or str(runtime_root() / f"{config.name}.log")
+    argv = _without_secret([a for a in argv if a != "--daemon"])
+    if config_path is not None and "--config" not in argv:
+        argv += ["--config", str(config_path.resolve())]
+    secret = {PASSWORD_ENV: config.worker.ssl_keyfile_password} if config.worker.ssl_keyfile_password else {}
+    info = start_detached(["start", *argv], Path(log_file), timeout=config.ready_timeout + 15, extra_env=secret)
     return {**info, "log": log_file}
+
+
+def _without_secret(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--ssl-keyfile-password":
+            skip = True
+        elif not arg.startswith("--ssl-keyfile-password="):
+            out.append(arg)
+    return out
 
 
 def notify_failure(fd: int, error: WsupError) -> None:

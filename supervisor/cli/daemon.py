@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import select
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,21 +16,23 @@ from typing import Any
 import orjson
 
 from ipc.errors import StartupError, error_from_kind
-from supervisor.child_env import child_env
+from supervisor.child_env import child_env, python_module
 
 
-def start_detached(argv: list[str], log_file: Path, timeout: float) -> dict[str, Any]:
+def start_detached(
+    argv: list[str], log_file: Path, timeout: float, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     read_fd, write_fd = os.pipe()
     log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", *argv, "--notify-fd", str(write_fd)],
+            python_module("supervisor.cli", *argv, "--notify-fd", str(write_fd)),
             pass_fds=(write_fd,),
             start_new_session=True,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            env=child_env(),
+            env={**child_env(), **(extra_env or {})},
         )
     os.close(write_fd)
     try:

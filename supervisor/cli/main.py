@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from ipc.errors import WsupError
 from ipc.settings import WorkerSettings, defaults
-from supervisor.cli import commands
+from supervisor.cli import commands, config_file, start_options
 from supervisor.config import SupervisorConfig, parse_instances
 
 logger = logging.getLogger("wsup")
@@ -41,19 +43,25 @@ def _add_name(parser: argparse.ArgumentParser) -> None:
 def _add_start_options(start: argparse.ArgumentParser) -> None:
     """Options left out stay out of the namespace: their defaults live in ``SupervisorConfig``/``WorkerSettings``."""
     d = {**defaults(SupervisorConfig), **defaults(WorkerSettings)}
-    start.add_argument("app", metavar="APP", help="the ASGI app as module:attribute, e.g. app:asgi")
+    start.add_argument(
+        "app",
+        metavar="APP",
+        nargs="?",
+        help="the ASGI app as module:attribute, e.g. app:asgi (default: the config file's)",
+    )
+    start.add_argument(
+        "--config", metavar="FILE", help="config file (default ./wsup.toml, or [tool.wsup] in pyproject.toml)"
+    )
     start.add_argument("-i", "--instances", help="worker processes: a number or 'max' (default 1)")
     start.add_argument("--host", help=f"address to listen on (default {d['host']})")
     start.add_argument("--port", type=int, help=f"port to listen on (default {d['port']}; 0 picks one)")
     start.add_argument("--name", help="instance name (default: the app's module name)")
-    start.add_argument("--daemon", action="store_true", default=False, help="run in the background; return once ready")
+    start.add_argument("--daemon", action="store_true", help="run in the background; return once ready")
     start.add_argument("--log-level", help="critical|error|warning|info|debug|trace (default info)")
-    start.add_argument(
-        "--log-file", default=None, help="with --daemon: where output goes (default: in the run directory)"
-    )
+    start.add_argument("--log-file", help="with --daemon: where output goes (default: in the run directory)")
     start.add_argument("--factory", action="store_true", help="APP is a callable that returns the ASGI app")
     start.add_argument("--app-dir", help="directory to import APP from (default: current)")
-    start.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log requests")
+    start.add_argument("--access-log", action=argparse.BooleanOptionalAction, help="log every request (default on)")
     start.add_argument(
         "--balance",
         help=f"least-conn (steer by live connections), ip-hash (one client address, one worker: sticky sessions)"
@@ -99,7 +107,9 @@ def _add_start_options(start: argparse.ArgumentParser) -> None:
         help="under load, send each client the broadcasts of this window in one write"
         f" (0: never; default {d['bus_coalesce_ms']:g})",
     )
-    start.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
+    start.add_argument("--notify-fd", type=int, help=argparse.SUPPRESS)
+    start_options.add_recycling(start)
+    start_options.add_uvicorn(start)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = sub.add_parser("start", help="start a supervisor and its workers", argument_default=argparse.SUPPRESS)
     _add_start_options(start)
+    config = sub.add_parser(
+        "config",
+        help="print the settings `wsup start` would run with, and where each comes from",
+        argument_default=argparse.SUPPRESS,
+    )
+    _add_start_options(config)
+    config.add_argument("--json", action="store_true", help="print them as JSON")
 
     status = sub.add_parser("status", help="show workers and their live connections")
     _add_name(status)
@@ -140,21 +157,46 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def _resolve(args: argparse.Namespace) -> config_file.Resolved:
+    """The start options in force: the command line's over the config file's."""
+    given = {key: value for key, value in vars(args).items() if key not in ("command", "json")}
+    return config_file.resolve(given, _start_parser()._actions, Path.cwd())
+
+
+def _start_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wsup start", argument_default=argparse.SUPPRESS)
+    _add_start_options(parser)
+    return parser
+
+
 def _run_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    log_level = getattr(args, "log_level", defaults(WorkerSettings)["log_level"])
+    resolved = _resolve(args)
+    options = resolved.options
+    log_level = options.get("log_level", defaults(WorkerSettings)["log_level"])
     logging.basicConfig(
         level=log_level.upper() if log_level in ("critical", "error", "warning", "info", "debug") else "DEBUG",
         format="%(asctime)s [wsup] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    if args.daemon:
-        info = commands.start_daemon(args, [a for a in argv if a != "--daemon"])
+    notify_fd = getattr(args, "notify_fd", None)
+    if options.get("daemon") and notify_fd is None:  # the detached child runs in the foreground
+        info = commands.start_daemon(options, list(argv), resolved.path)
         print(
             f"wsup: {info['name']} started on {info['address']} with {len(info['workers'])} workers"
             f" (log: {info['log']})"
         )
         return 0
-    return asyncio.run(commands.start_foreground(args))
+    return asyncio.run(commands.start_foreground(options, notify_fd))
+
+
+def _config(args: argparse.Namespace) -> int:
+    resolved = _resolve(args)
+    settings = commands.effective_settings(resolved, [action.dest for action in _start_parser()._actions])
+    if getattr(args, "json", False):
+        _print_json({"file": str(resolved.path) if resolved.path else None, "settings": settings})
+    else:
+        print(commands.render_settings(settings, resolved.path))
+    return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -232,7 +274,9 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.update(status=_status, stop=_stop, reload=_reload, restart=_restart, scale=_scale, publish=_publish)
+COMMANDS.update(
+    config=_config, status=_status, stop=_stop, reload=_reload, restart=_restart, scale=_scale, publish=_publish
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -245,7 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "start":
             return _run_start(args, argv[argv.index("start") + 1 :])
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # inside the try: a reader that went away is noticed here, not at interpreter exit
+        return code
     except WsupError as exc:
         if getattr(args, "notify_fd", None) is not None:
             commands.notify_failure(args.notify_fd, exc)
@@ -253,6 +299,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 0
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader went away (``wsup status | head -1``): nothing more to say, and nothing to say it to. Point
+    stdout at /dev/null so the interpreter's final flush does not fail again with a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def exit_main() -> None:

@@ -127,10 +127,33 @@ def render_status(status: dict[str, Any]) -> str:
                 lines.append(_bus_line(f"  slot {worker['slot']} pid {worker['pid']}", worker["bus"]))
     if bus and any(bus.get(key) for key in _MANAGER):
         lines.append(_manager_line(bus))
+    lines += _recycling_lines(status)
     for worker in status["workers"]:
         if worker.get("crash_loop") or (worker.get("pid") is None and worker.get("last_error")):
             lines.append(f"slot {worker['slot']}: {worker.get('last_error')}")
     return "\n".join(lines)
+
+
+def _recycling_lines(status: dict[str, Any]) -> list[str]:
+    """What replaced workers, by reason, and the recycling limits with whatever holds a worker back."""
+    lines = []
+    replaced = (status.get("totals") or {}).get("replacements") or {}
+    if replaced:
+        lines.append("replaced: " + ", ".join(f"{count} by {reason}" for reason, count in sorted(replaced.items())))
+    recycling = status.get("recycling") or {}
+    limits = []
+    if recycling.get("max_requests"):
+        limits.append(f"after {recycling['max_requests']} requests (+0..{recycling.get('max_requests_jitter', 0)})")
+    if recycling.get("max_lifetime_s"):
+        limits.append(f"at {_duration(recycling['max_lifetime_s'])} old")
+    if recycling.get("max_memory_bytes"):
+        limits.append(f"at {_size(recycling['max_memory_bytes'])} RSS")
+    if limits:
+        lines.append(f"recycling: {', '.join(limits)}; {recycling.get('recycled', 0)} recycled")
+    lines += [f"  held: {note}" for note in recycling.get("held") or []]
+    if recycling.get("last_error"):
+        lines.append(f"  last failure: {recycling['last_error']}")
+    return lines
 
 
 def render_instances(instances: list[dict[str, Any]]) -> str:

@@ -1,4 +1,5 @@
-"""Rolling changes to a running instance: zero-downtime reload (``wsup reload``, SIGHUP), scale and restart.
+"""Rolling changes to a running instance: zero-downtime reload (``wsup reload``, SIGHUP), scale, restart, and the
+recycling of one worker past a limit (asked by ``supervisor.process.recycler``); one at a time.
 
 Each is a sequence of requests to the fleet, which alone starts, swaps and drains workers. A reload replaces slots
 in batches, least-loaded first: the replacement starts on the slot's own socket, and only once it reports READY is
@@ -47,15 +48,11 @@ class Operations:
         self.fleet = fleet
         self.default_batch = default_batch
         self.running: str | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, what: str, progress: Progress) -> AsyncIterator[None]:
-        if self.running is not None:
-            raise ReloadInProgressError(f"a {self.running} is in progress: wait for it to finish, then try again")
-        if self.fleet.stopping:
-            raise OperationInterruptedError("the instance is stopping")
-        self.running = what
-
         async def beat() -> None:
             while True:
                 await asyncio.sleep(HEARTBEAT_S)
@@ -63,10 +60,31 @@ class Operations:
 
         heartbeat = asyncio.create_task(beat())
         try:
-            yield
+            # A recycle is one slot, bounded by the drain: a user's operation waits for it instead of being refused
+            # (a deploy script should not fail because a worker reached --max-requests at that moment).
+            while self.running == "recycle" and what != "recycle":
+                await self._idle.wait()
+            if self.running is not None:
+                raise ReloadInProgressError(f"a {self.running} is in progress: wait for it to finish, then try again")
+            if self.fleet.stopping:
+                raise OperationInterruptedError("the instance is stopping")
+            self.running = what
+            self._idle.clear()
+            try:
+                yield
+            finally:
+                self.running = None
+                self._idle.set()
         finally:
             heartbeat.cancel()
-            self.running = None
+
+    async def recycle(self, slot: Slot, pid: int, reason: str) -> list[dict[str, Any]]:
+        """Replace ``slot``'s worker ``pid`` (past a recycling limit) like one slot of a reload; nothing if another
+        worker serves the slot by now."""
+        async with self._exclusive("recycle", lambda event: None):
+            if slot not in self.fleet.slots or slot.worker is None or slot.worker.pid != pid or slot.removing:
+                return []
+            return await self.fleet.replace([slot], reason, lambda event: None)
 
     async def reload(self, progress: Progress, batch: int | None = None) -> dict[str, Any]:
         fleet = self.fleet

@@ -32,6 +32,8 @@ from supervisor.process.fleet import Fleet, FleetTiming
 from supervisor.process.limits import describe_limits, raise_open_files_limit
 from supervisor.process.listeners import ListenerGroup, resolve
 from supervisor.process.operations import Operations
+from supervisor.process.recycle_policy import Limits
+from supervisor.process.recycler import Recycler
 from supervisor.process.slot_loads import slot_loads, sticky_roles
 from supervisor.process.status import build_status
 from supervisor.process.tasks import TaskSupervisor
@@ -69,7 +71,8 @@ class Supervisor:
             self.listeners = ListenerGroup.open(resolve(config.host, config.port), config.workers, config.backlog)
             stack.callback(self.listeners.close)
             address = self.listeners.address
-            self.info.update(address=address.url, host=address.host, port=address.port)
+            url = address.url.replace("http://", "https://", 1) if config.worker.uses_tls else address.url
+            self.info.update(address=url, host=address.host, port=address.port)
             self.stats = StatsReceiver(context, paths.stats)
             stack.callback(self.stats.close)
             self.bus = BusProxy(paths.bus_in, paths.bus_out, max_bytes=config.worker.bus_max_bytes)
@@ -84,6 +87,7 @@ class Supervisor:
             )
             stack.callback(self._kill_leftovers)
             self.operations = Operations(self.fleet, config.reload_batch)
+            self.recycler = Recycler(self.fleet, self.operations, _limits(config))
             self.commands = ControlCommands(
                 operations=self.operations,
                 bus=self.bus,
@@ -102,6 +106,8 @@ class Supervisor:
             self.tasks.supervise("stats", self._pump_stats)
             self.tasks.supervise("control", self.control.serve)
             self.tasks.supervise("signals", self._run_signals)
+            if config.recycles:
+                self.tasks.supervise("recycle", self.recycler.run)
             try:
                 await self.fleet.start(config.workers)
                 logger.info("%d workers ready on %s (%s)", config.workers, address.url, self.steering.mode)
@@ -122,7 +128,7 @@ class Supervisor:
             bus_in=self.paths.bus_in,
             bus_out=self.paths.bus_out,
         )
-        return WorkerProcess.spawn(spec)
+        return WorkerProcess.spawn(spec, self.config.worker.ssl_keyfile_password)
 
     def _kill_leftovers(self) -> None:
         """The last resort on the way out (the stop already drained them): no worker outlives its supervisor."""
@@ -167,6 +173,7 @@ class Supervisor:
                 "operation": self.operations.running,
                 "stopping": fleet.stopping,
                 "limits": describe_limits(self.config.backlog),
+                "recycling": self.recycler.describe(),
             },
             fleet=fleet,
             balance=self.steering.describe(),
@@ -226,3 +233,10 @@ class Supervisor:
         if self.steering.mode == "least-conn":
             listeners = self.listeners
             self.arrivals.arm_later(self.steering.next_check(), lambda: listeners.sockets)
+
+
+def _limits(config: SupervisorConfig) -> Limits:
+    return Limits(
+        config.max_requests, config.max_requests_jitter, config.max_lifetime, config.max_lifetime_jitter,
+        config.max_memory,
+    )  # fmt: skip

@@ -20,8 +20,8 @@ import psutil
 
 from ipc.counters import ConnectionCounters
 from ipc.messages import Report
-from ipc.settings import WorkerSpec
-from supervisor.child_env import child_env
+from ipc.settings import PASSWORD_ENV, WorkerSpec
+from supervisor.child_env import child_env, python_module
 from supervisor.process.worker_state import WorkerStartError, WorkerState, checked_transition
 
 logger = logging.getLogger("wsup.supervisor")
@@ -57,20 +57,23 @@ class WorkerProcess:
         self._stderr_task = loop.create_task(self._pump_stderr())
 
     @classmethod
-    def spawn(cls, spec: WorkerSpec) -> WorkerProcess:
+    def spawn(cls, spec: WorkerSpec, key_password: str | None = None) -> WorkerProcess:
         # Until it is ready, the worker's stderr comes through a pipe: the supervisor keeps its last lines for the
         # error of a failed start. Once ready, the worker points its stderr at ``log_fd`` (the supervisor's own),
         # so steady-state logs never queue on the supervisor's event loop, where they would delay steering.
         log_fd = os.dup(sys.stderr.fileno())
         counters = ConnectionCounters.create()
         spec = dataclasses.replace(spec, log_fd=log_fd, counters_fd=counters.fd)
+        env = child_env()
+        if key_password is not None:  # the spec is on the command line, readable by anyone on the host: not this
+            env[PASSWORD_ENV] = key_password
         try:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.worker", spec.to_json()],
+                python_module("supervisor.worker", spec.to_json()),
                 pass_fds=(spec.fd, log_fd, counters.fd),
                 stdin=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                env=child_env(),
+                env=env,
             )
         except BaseException:
             counters.close()

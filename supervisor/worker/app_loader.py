@@ -44,8 +44,12 @@ def load_app(app: str, *, factory: bool = False, app_dir: str = ".") -> Any:
         try:
             target = getattr(target, part)
         except AttributeError:
+            where = getattr(module, "__file__", None) or "a namespace package: " + ", ".join(
+                getattr(module, "__path__", [])
+            )
             raise AppLoadError(
-                f"module {module_name!r} has no attribute {attribute!r}: check the APP argument"
+                f"module {module_name!r} (imported from {where}) has no attribute {attribute!r}: check the APP"
+                " argument, or whether another module of that name shadows yours"
             ) from None
     if factory:
         if not callable(target):

@@ -25,7 +25,7 @@ from ipc.bus_queue import Policy
 from ipc.bus_worker import WorkerBus
 from ipc.counters import ConnectionCounters
 from ipc.errors import AppLoadError
-from ipc.settings import WorkerSpec
+from ipc.settings import PASSWORD_ENV, WorkerSpec
 from ipc.signals import CLOSE_CODE_FOR, CLOSE_GOING_AWAY, IGNORED_BY_WORKERS
 from ipc.stats import Counts, StatsReporter
 from supervisor.worker.app_loader import load_app
@@ -87,6 +87,8 @@ class Worker:
         shared = ConnectionCounters.attach(spec.counters_fd).cells if spec.counters_fd >= 0 else None
         self.connections = WorkerConnections(shared)
         self.close_code = CLOSE_GOING_AWAY
+        # Taken out of the environment before the app is imported: the app has no business reading it.
+        self.key_password = os.environ.pop(PASSWORD_ENV, None)
         self.server: uvicorn.Server | None = None
         self.bus: WorkerBus | None = None
         self.reporter = StatsReporter(
@@ -134,6 +136,21 @@ class Worker:
             log_level=settings.log_level,
             access_log=settings.access_log,
             timeout_keep_alive=int(settings.timeout_keep_alive),
+            # uvicorn's own options, with its names and meanings. TLS: Server.startup wraps the sockets it is given
+            # with config.ssl, and the files are read now, so a reload picks up a renewed certificate.
+            ssl_keyfile=settings.ssl_keyfile,
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile_password=self.key_password,
+            ssl_ca_certs=settings.ssl_ca_certs,
+            proxy_headers=settings.proxy_headers,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+            root_path=settings.root_path,
+            ws_max_size=settings.ws_max_size,
+            ws_ping_interval=settings.ws_ping_interval,
+            ws_ping_timeout=settings.ws_ping_timeout,
+            ws_per_message_deflate=settings.ws_per_message_deflate,
+            limit_concurrency=settings.limit_concurrency,
+            headers=settings.headers(),
         )
         config.load()
         server = self.server = uvicorn.Server(config)
@@ -191,6 +208,17 @@ class Worker:
         bus.close()
 
 
+def load_env_file(path: str) -> None:
+    """``--env-file``, as uvicorn reads it (python-dotenv; variables already set win), but before the app is
+    imported, since apps read their settings at import."""
+    try:
+        from dotenv import load_dotenv
+    except ImportError:
+        raise AppLoadError("--env-file needs python-dotenv (pip install python-dotenv)") from None
+    if not load_dotenv(path, override=False) and not os.path.isfile(path):
+        raise AppLoadError(f"--env-file {path!r} could not be read")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     spec = WorkerSpec.from_json(args[0])
@@ -200,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     worker = Worker(spec)
     exit_code = 0
     try:
+        if spec.settings.env_file is not None:
+            load_env_file(spec.settings.env_file)
         app = load_app(spec.settings.app, factory=spec.settings.factory, app_dir=spec.settings.app_dir)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(worker.serve(app))

@@ -1,0 +1,200 @@
+"""The recycler (a supervised task of the supervisor process): once a second it samples the serving workers
+(requests from their reports, age, RSS through psutil) and asks ``Operations.recycle`` to replace the one furthest
+past a limit, through the same path as a reload's slot: replacement ready first, then the old worker drains.
+
+It never writes the worker table (only the fleet does), never recycles while a reload, scale or restart runs, and
+never two slots at once. A worker already over ``--max-memory`` when it starts is held and reported, not recycled
+(its replacement would be over too); a slot whose replacement fails to start is retried with a growing delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from ipc.errors import OperationInterruptedError, ReloadInProgressError, WsupError
+from supervisor.process.fleet import Fleet, Phase
+from supervisor.process.operations import Operations
+from supervisor.process.recycle_policy import Due, Limits, Sample, WorkerLimits, born_over, choose, retry_delay
+from supervisor.process.slots import Slot
+from supervisor.process.worker_state import WorkerState
+
+logger = logging.getLogger("wsup.recycle")
+SAMPLE_S = 1.0
+
+
+class ProcessMemory:
+    """RSS of a pid, keeping one ``psutil.Process`` per worker (a lookup by pid per sample would be wasted work)."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+
+    def __call__(self, pid: int) -> int:
+        try:
+            proc = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
+            return int(proc.memory_info().rss)
+        except psutil.Error:
+            self._procs.pop(pid, None)
+            return 0
+
+    def forget(self, live: set[int]) -> None:
+        for pid in set(self._procs) - live:
+            del self._procs[pid]
+
+
+class Recycler:
+    def __init__(
+        self,
+        fleet: Fleet,
+        operations: Operations,
+        limits: Limits,
+        *,
+        memory_of: Callable[[int], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        interval: float = SAMPLE_S,
+    ) -> None:
+        self.fleet, self.operations, self.limits = fleet, operations, limits
+        self._memory = memory_of or ProcessMemory()
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.interval = interval
+        self._worker_limits: dict[int, WorkerLimits] = {}  # pid -> its limits, drawn when first seen
+        self._first_memory: dict[int, int] = {}  # pid -> RSS at its first sample once ready
+        self.held: dict[int, str] = {}  # pid -> why it is not recycled although past a limit
+        self._failures: dict[int, int] = {}  # slot -> consecutive recycles whose replacement failed
+        self._retry_at: dict[int, float] = {}  # slot -> monotonic time before which it is not tried again
+        self.last_error: str | None = None
+        self.recycled = 0
+
+    async def run(self) -> None:
+        """Look every ``interval``. A recycle runs as a task of its own, so that the looks go on meanwhile: a new
+        worker's first memory sample is taken within one interval of its readiness, also while a recycle (or a
+        reload) drains, which is what tells a worker that is over the limit from the start from a leak."""
+        recycling: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                if recycling is not None and recycling.done():
+                    finished: asyncio.Task[None] = recycling
+                    recycling = None
+                    finished.result()  # a bug in a recycle fails this supervised task: logged, counted, restarted
+                if recycling is None:
+                    due = self.check(self._clock())
+                    if due is not None:
+                        recycling = asyncio.create_task(self._recycle_in_line(due))
+                else:
+                    self.observe(self._clock())
+        finally:
+            if recycling is not None:
+                recycling.cancel()
+
+    async def _recycle_in_line(self, due: Due | None) -> None:
+        while due is not None and await self._recycle(due):  # workers waiting in line: the next goes at once
+            due = self.check(self._clock())
+
+    async def step(self) -> Due | None:
+        """Look once; recycle the worker most past its limit, if any. Returns what was recycled."""
+        due = self.check(self._clock())
+        if due is None or not await self._recycle(due):
+            return None
+        return due
+
+    async def _recycle(self, due: Due) -> bool:
+        slot = self.fleet.slots[due.slot]
+        logger.info("slot %d: recycling worker %d (%s)", due.slot, due.pid, due.reason)
+        try:
+            await self.operations.recycle(slot, due.pid, due.reason)
+        except (ReloadInProgressError, OperationInterruptedError):
+            return False  # an operation started meanwhile, or the instance is stopping: look again later
+        except WsupError as exc:
+            failures = self._failures.get(due.slot, 0) + 1
+            self._failures[due.slot] = failures
+            delay = retry_delay(failures)
+            self._retry_at[due.slot] = self._clock() + delay
+            self.last_error = f"slot {due.slot}: {due.reason} recycle failed: {exc}"[:500]
+            logger.error("%s; trying again in %.0fs", self.last_error, delay)
+            return False
+        self._failures.pop(due.slot, None)
+        self.recycled += 1
+        return True
+
+    def check(self, now: float) -> Due | None:
+        """The worker to recycle now, or None (nothing due, or not the time: an operation runs, a stop...)."""
+        self.observe(now)
+        fleet = self.fleet
+        if fleet.phase is not Phase.RUNNING or self.operations.running is not None:
+            return None
+        candidates = []
+        for slot in fleet.slots[: fleet.target]:
+            sample = self._sample(slot, now)
+            if sample is not None:
+                candidates.append((sample, self._limits_of(sample.pid)))
+        return choose(candidates, set(self.held))
+
+    def observe(self, now: float) -> None:
+        """Take each new serving worker's first memory sample (whatever runs), and hold it if it is over the limit
+        already: its replacement would be too, so recycling it would loop."""
+        self._forget_gone()
+        if not self.limits.max_memory:
+            return
+        for slot in self.fleet.slots:
+            worker = slot.worker
+            if worker is None or worker.state is not WorkerState.READY or worker.pid in self._first_memory:
+                continue
+            memory = self._first_memory[worker.pid] = self._memory(worker.pid)
+            limits = self._limits_of(worker.pid)
+            if memory and born_over(memory, limits):
+                self.held[worker.pid] = (
+                    f"slot {slot.index}: worker {worker.pid} uses {memory >> 20} MiB right after start, over"
+                    f" --max-memory ({(limits.memory or 0) >> 20} MiB): not recycled, since its replacement would be"
+                    " too; raise --max-memory"
+                )
+                logger.error("%s", self.held[worker.pid])
+
+    def _sample(self, slot: Slot, now: float) -> Sample | None:
+        worker = slot.worker
+        if worker is None or worker.state is not WorkerState.READY or worker.ready_at is None:
+            return None
+        if slot.candidate is not None or slot.batch is not None or slot.removing or slot.held:
+            return None
+        if now < self._retry_at.get(slot.index, 0.0):
+            return None
+        report = worker.last_report
+        memory = self._memory(worker.pid) if self.limits.max_memory else 0
+        return Sample(slot.index, worker.pid, now - worker.started_at, report.requests if report else 0, memory)
+
+    def _limits_of(self, pid: int) -> WorkerLimits:
+        limits = self._worker_limits.get(pid)
+        if limits is None:
+            limits = self._worker_limits[pid] = self.limits.for_worker(self._rng)
+        return limits
+
+    def _forget_gone(self) -> None:
+        live = {worker.pid for worker in self.fleet.workers()}
+        for table in (self._worker_limits, self._first_memory, self.held):
+            for pid in set(table) - live:
+                del table[pid]
+        if isinstance(self._memory, ProcessMemory):
+            self._memory.forget(live)
+
+    def describe(self) -> dict[str, Any]:
+        """For ``status --json``: the settings, each serving worker's own limits, and what is held or failed."""
+        limits = self.limits
+        return {
+            "max_requests": limits.max_requests,
+            "max_requests_jitter": limits.max_requests_jitter,
+            "max_lifetime_s": limits.max_lifetime,
+            "max_lifetime_jitter_s": limits.max_lifetime_jitter,
+            "max_memory_bytes": limits.max_memory,
+            "recycled": self.recycled,
+            "workers": {str(pid): worker.describe() for pid, worker in self._worker_limits.items()},
+            "held": list(self.held.values()),
+            "last_error": self.last_error,
+        }
