@@ -13,6 +13,7 @@ from typing import Any
 
 from ipc.errors import ConfigError
 from ipc.settings import WorkerSettings, check_range
+from supervisor.admin_address import AdminAddress, check_access, parse_admin
 
 BALANCE_MODES = ("least-conn", "hash")
 MAX_WORKERS = 128  # the steering program addresses slots with 8-bit jumps; far beyond any one host's need
@@ -46,6 +47,8 @@ class SupervisorConfig:
     stall_after: float = 1.0
     backlog: int = 2048
     reload_batch: int = 1
+    admin: str | None = None  # the admin endpoint's [HOST:]PORT (metrics, health, dashboard); off unless given
+    admin_token: str | None = None  # required unless the admin endpoint is on loopback
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= MAX_WORKERS:
@@ -61,6 +64,12 @@ class SupervisorConfig:
         check_range("backlog", self.backlog, 1, 1 << 20)
         if self.reload_batch < 1:
             raise ConfigError(f"--reload-batch must be at least 1, got {self.reload_batch}")
+        if self.admin is not None:
+            check_access(parse_admin(self.admin), self.admin_token)
+
+    @property
+    def admin_address(self) -> AdminAddress | None:
+        return parse_admin(self.admin) if self.admin is not None else None
 
     @property
     def app(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from ipc.endpoints import (
     runtime_root,
 )
 from ipc.errors import AmbiguousInstanceError, ConfigError, SupervisorTimeoutError, WsupError
+from supervisor.admin_address import TOKEN_ENV
 from supervisor.cli.daemon import notify, start_detached
 from supervisor.cli.status_view import render_instances, render_status
 from supervisor.config import SupervisorConfig, parse_instances
@@ -30,6 +32,7 @@ START_OPTIONS = frozenset(
     {"app", "instances", "name", "host", "port", "factory", "app_dir", "log_level", "access_log", "balance"}
     | {"graceful_timeout", "ready_timeout", "heartbeat_timeout", "ws_drain_window", "reload_batch"}
     | {"bus_queue", "bus_policy", "bus_max_bytes", "bus_coalesce_ms"}
+    | {"admin", "admin_token"}
 )
 CONTROL_TIMEOUT_S = 5.0
 
@@ -39,6 +42,8 @@ def config_from_args(args: argparse.Namespace) -> SupervisorConfig:
     options = {key: value for key, value in vars(args).items() if key in START_OPTIONS}
     options["workers"] = parse_instances(options.pop("instances", "1"))
     options.setdefault("name", args.app.partition(":")[0].replace(".", "-"))
+    if "admin" in options and os.environ.get(TOKEN_ENV):
+        options.setdefault("admin_token", os.environ[TOKEN_ENV])
     return SupervisorConfig.from_options(options)
 
 

@@ -89,6 +89,17 @@ def _add_start_options(start: argparse.ArgumentParser) -> None:
         help="under load, send each client the broadcasts of this window in one write"
         f" (0: never; default {d['bus_coalesce_ms']:g})",
     )
+    start.add_argument(
+        "--admin",
+        metavar="[HOST:]PORT",
+        help="serve /metrics (Prometheus), /health, /status and a live dashboard at / from the supervisor"
+        " (off by default; HOST defaults to 127.0.0.1, loopback only: any other HOST needs a token)",
+    )
+    start.add_argument(
+        "--admin-token",
+        help="token the admin endpoint requires (Authorization: Bearer, or ?token=); prefer the WSUP_ADMIN_TOKEN"
+        " environment variable, which other users cannot read in the process list",
+    )
     start.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
 
 

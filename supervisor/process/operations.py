@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from ipc.errors import ConfigError, OperationInterruptedError, ReloadFailedError, ReloadInProgressError
@@ -23,6 +23,9 @@ from supervisor.process.slots import Slot
 
 logger = logging.getLogger("wsup.rollout")
 HEARTBEAT_S = 1.0  # progress heartbeats keep `wsup reload` from mistaking a long drain for a dead supervisor
+# Told (operation, None) when one starts and (operation, "ok" | "failed" | "interrupted") when it ends: metrics and
+# systemd's RELOADING=1/READY=1 follow operations through this, without polling.
+Observer = Callable[[str, str | None], None]
 
 
 def reload_order(slots: Sequence[Slot]) -> list[Slot]:
@@ -47,6 +50,11 @@ class Operations:
         self.fleet = fleet
         self.default_batch = default_batch
         self.running: str | None = None
+        self.observers: list[Observer] = []
+
+    def _tell(self, what: str, outcome: str | None) -> None:
+        for observer in self.observers:
+            observer(what, outcome)
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, what: str, progress: Progress) -> AsyncIterator[None]:
@@ -62,11 +70,18 @@ class Operations:
                 progress({"event": "waiting", "operation": what})
 
         heartbeat = asyncio.create_task(beat())
+        self._tell(what, None)
+        outcome = "failed"
         try:
             yield
+            outcome = "ok"
+        except (OperationInterruptedError, asyncio.CancelledError):
+            outcome = "interrupted"
+            raise
         finally:
             heartbeat.cancel()
             self.running = None
+            self._tell(what, outcome)
 
     async def reload(self, progress: Progress, batch: int | None = None) -> dict[str, Any]:
         fleet = self.fleet
