@@ -112,6 +112,8 @@ def render_status(status: dict[str, Any]) -> str:
         for worker in status["workers"] + status.get("draining", []):
             if any((worker.get("bus") or {}).get(key) for key in _BUS_DROPS):
                 lines.append(_bus_line(f"  slot {worker['slot']} pid {worker['pid']}", worker["bus"]))
+    if status.get("admin"):
+        lines.append(f"admin: {status['admin']} (dashboard; /metrics, /health, /status)")
     for worker in status["workers"]:
         if worker.get("crash_loop") or (worker.get("pid") is None and worker.get("last_error")):
             lines.append(f"slot {worker['slot']}: {worker.get('last_error')}")
