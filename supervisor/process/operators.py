@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -172,7 +173,9 @@ class Operators:
             }
             slots.append(entry)
         bus: Counter[str] = sum(totals.values(), Counter())
+        bus["bus.published"] += sup.bus.published  # `wsup publish` goes through the supervisor's own publisher
         return {
+            "t": round(time.time(), 2),  # the page's clock for its chart (the browser's may be off)
             "name": sup.info.get("name"),
             "app": sup.info.get("app"),
             "address": sup.info.get("address"),
