@@ -74,6 +74,18 @@ def start_daemon(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     return {**info, "log": log_file}
 
 
+def systemd_unit(args: argparse.Namespace, argv: list[str]) -> str:
+    """``wsup systemd-unit``: the options are checked as `wsup start` would, then rendered as a unit."""
+    from supervisor.cli.systemd_unit import render_unit
+
+    options = argparse.Namespace(**vars(args))
+    admin = getattr(args, "admin", None)
+    if admin is not None and not getattr(args, "admin_token", None) and not os.environ.get(TOKEN_ENV):
+        # The token belongs in the unit's EnvironmentFile, not in this shell: check everything else.
+        options.admin_token = "x" * 32
+    return render_unit(config_from_args(options), argv)
+
+
 def notify_failure(fd: int, error: WsupError) -> None:
     notify(fd, {"ok": False, "error": str(error), "kind": type(error).__name__})
 

@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("workers", metavar="N", help="the new number of workers, or 'max'")
     _add_name(scale)
 
+    unit = sub.add_parser(
+        "systemd-unit",
+        help="print a systemd service (Type=notify, reload, drain on stop) for `wsup start` with these options",
+        argument_default=argparse.SUPPRESS,
+    )
+    _add_start_options(unit)
+
     publish = sub.add_parser("publish", help="publish a message to a broadcast channel of a running instance")
     publish.add_argument("channel", metavar="CHANNEL", help="the channel name")
     publish.add_argument("message", metavar="MESSAGE", help="the message, as text ('-' reads it from stdin)")
@@ -246,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "start":
             return _run_start(args, argv[argv.index("start") + 1 :])
+        if args.command == "systemd-unit":
+            sys.stdout.write(commands.systemd_unit(args, argv[argv.index("systemd-unit") + 1 :]))
+            return 0
         return COMMANDS[args.command](args)
     except WsupError as exc:
         if getattr(args, "notify_fd", None) is not None:
