@@ -59,6 +59,8 @@ class WorkerSettings:
     bus_policy: str = "drop-oldest"  # what a full queue does: drop-oldest or disconnect
     bus_max_bytes: int = DEFAULT_MAX_BYTES  # largest message the bus accepts
     bus_coalesce_ms: float = 5.0  # under load, a client's messages of this window share one write (0: never)
+    log_file: str | None = None  # where the supervisor and workers log; None: the supervisor's stderr
+    log_format: str = "text"  # text, or json: one object per line
 
     def __post_init__(self) -> None:
         validate_app_path(self.app)
@@ -72,6 +74,10 @@ class WorkerSettings:
         Policy.parse(self.bus_policy)
         check_range("bus_max_bytes", self.bus_max_bytes, 1, MAX_BUS_MAX_BYTES)
         check_range("bus_coalesce_ms", self.bus_coalesce_ms, 0, 1000)
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")
+        if self.log_file is not None and (not self.log_file or "\0" in self.log_file):
+            raise ConfigError(f"--log-file must be a file path, got {self.log_file!r}")
 
 
 @dataclass(frozen=True, slots=True)

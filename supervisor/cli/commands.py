@@ -32,7 +32,7 @@ START_OPTIONS = frozenset(
     {"app", "instances", "name", "host", "port", "factory", "app_dir", "log_level", "access_log", "balance"}
     | {"graceful_timeout", "ready_timeout", "heartbeat_timeout", "ws_drain_window", "reload_batch"}
     | {"bus_queue", "bus_policy", "bus_max_bytes", "bus_coalesce_ms"}
-    | {"admin", "admin_token"}
+    | {"admin", "admin_token", "log_file", "log_format"}
 )
 CONTROL_TIMEOUT_S = 5.0
 
@@ -42,6 +42,8 @@ def config_from_args(args: argparse.Namespace) -> SupervisorConfig:
     options = {key: value for key, value in vars(args).items() if key in START_OPTIONS}
     options["workers"] = parse_instances(options.pop("instances", "1"))
     options.setdefault("name", args.app.partition(":")[0].replace(".", "-"))
+    if "log_file" in options:  # workers open it too (to reopen it after a rotation): the same file from any cwd
+        options["log_file"] = os.path.abspath(options["log_file"])
     if "admin" in options and os.environ.get(TOKEN_ENV):
         options.setdefault("admin_token", os.environ[TOKEN_ENV])
     return SupervisorConfig.from_options(options)
@@ -69,7 +71,9 @@ async def start_foreground(args: argparse.Namespace) -> int:
 def start_daemon(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     config = config_from_args(args)  # fail on bad input here, before anything is spawned
     instance_paths(config.name)
-    log_file = args.log_file or str(runtime_root() / f"{config.name}.log")
+    log_file = config.worker.log_file or str(runtime_root() / f"{config.name}.log")
+    if config.worker.log_file is None:  # the detached supervisor opens (and on SIGUSR1 reopens) it by name
+        argv = [*argv, "--log-file", log_file]
     info = start_detached(["start", *argv], Path(log_file), timeout=config.ready_timeout + 15)
     return {**info, "log": log_file}
 
@@ -84,6 +88,26 @@ def systemd_unit(args: argparse.Namespace, argv: list[str]) -> str:
         # The token belongs in the unit's EnvironmentFile, not in this shell: check everything else.
         options.admin_token = "x" * 32
     return render_unit(config_from_args(options), argv)
+
+
+def log_file(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> Path:
+    """Where a running instance logs; without one running, the daemon's default log of ``name`` if it exists."""
+    from supervisor.cli.logs import NoLogFileError
+
+    try:
+        paths = find_instance(name)
+    except WsupError:
+        fallback = runtime_root() / f"{name}.log" if name else None
+        if fallback is not None and fallback.is_file():
+            return fallback
+        raise
+    info = control.call(paths.control, "status", timeout=timeout)
+    path = (info.get("log") or {}).get("file")
+    if not path:
+        raise NoLogFileError(
+            f"{paths.name!r} logs to the terminal it was started from: start it with --log-file or --daemon"
+        )
+    return Path(path)
 
 
 def notify_failure(fd: int, error: WsupError) -> None:

@@ -19,6 +19,7 @@ from ipc.errors import WsupError
 from ipc.settings import WorkerSettings, defaults
 from supervisor.cli import commands
 from supervisor.config import SupervisorConfig, parse_instances
+from supervisor.log_format import SUPERVISOR_TAG, JsonFormatter
 
 logger = logging.getLogger("wsup")
 
@@ -49,8 +50,11 @@ def _add_start_options(start: argparse.ArgumentParser) -> None:
     start.add_argument("--daemon", action="store_true", default=False, help="run in the background; return once ready")
     start.add_argument("--log-level", help="critical|error|warning|info|debug|trace (default info)")
     start.add_argument(
-        "--log-file", default=None, help="with --daemon: where output goes (default: in the run directory)"
+        "--log-file",
+        help="where the supervisor and workers log (default: the terminal; with --daemon, <run dir>/NAME.log);"
+        " reopened on SIGUSR1, for logrotate",
     )
+    start.add_argument("--log-format", help="text, or json: one JSON object per line (default text)")
     start.add_argument("--factory", action="store_true", help="APP is a callable that returns the ASGI app")
     start.add_argument("--app-dir", help="directory to import APP from (default: current)")
     start.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log requests")
@@ -129,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("workers", metavar="N", help="the new number of workers, or 'max'")
     _add_name(scale)
 
+    logs = sub.add_parser("logs", help="show the instance's log (each worker's lines tagged slot/generation)")
+    _add_name(logs)
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (across reloads)")
+    logs.add_argument("-n", "--lines", type=int, default=20, help="how many of the last lines to show (default 20)")
+    logs.add_argument("--slot", type=int, help="only the lines of this slot's workers")
+
     unit = sub.add_parser(
         "systemd-unit",
         help="print a systemd service (Type=notify, reload, drain on stop) for `wsup start` with these options",
@@ -150,10 +160,14 @@ def _print_json(value: Any) -> None:
 
 def _run_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
     log_level = getattr(args, "log_level", defaults(WorkerSettings)["log_level"])
+    handler = logging.StreamHandler(sys.stderr)
+    if getattr(args, "log_format", "text") == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {SUPERVISOR_TAG} %(levelname)s %(message)s"))
     logging.basicConfig(
         level=log_level.upper() if log_level in ("critical", "error", "warning", "info", "debug") else "DEBUG",
-        format="%(asctime)s [wsup] %(levelname)s %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
     )
     if args.daemon:
         info = commands.start_daemon(args, [a for a in argv if a != "--daemon"])
@@ -240,7 +254,27 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logs(args: argparse.Namespace) -> int:
+    from supervisor.cli import logs
+
+    path = commands.log_file(args.name, args.timeout)
+    try:
+        lines, end = logs.last_lines(path, args.lines, args.slot)
+        for line in lines:
+            print(line)
+        if args.follow:
+            sys.stdout.flush()
+            for line in logs.follow(path, end, args.slot):
+                print(line, flush=True)
+    except OSError as exc:
+        raise WsupError(f"cannot read the log {path}: {exc.strerror}") from None
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
 COMMANDS.update(status=_status, stop=_stop, reload=_reload, restart=_restart, scale=_scale, publish=_publish)
+COMMANDS.update(logs=_logs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

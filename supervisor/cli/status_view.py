@@ -112,6 +112,10 @@ def render_status(status: dict[str, Any]) -> str:
         for worker in status["workers"] + status.get("draining", []):
             if any((worker.get("bus") or {}).get(key) for key in _BUS_DROPS):
                 lines.append(_bus_line(f"  slot {worker['slot']} pid {worker['pid']}", worker["bus"]))
+    log = status.get("log") or {}
+    if log:
+        where = log.get("file") or "the terminal it was started from"
+        lines.append(f"log: {where}" + (" (json)" if log.get("format") == "json" else ""))
     if status.get("admin"):
         lines.append(f"admin: {status['admin']} (dashboard; /metrics, /health, /status)")
     for worker in status["workers"]:

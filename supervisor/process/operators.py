@@ -18,6 +18,7 @@ from ipc.messages import Message, Report
 from supervisor.process.admin import AdminServer
 from supervisor.process.dashboard import DashboardFeed
 from supervisor.process.health import HealthFacts
+from supervisor.process.log_output import LogOutput
 from supervisor.process.metrics import MetricsFacts, SlotFacts
 from supervisor.process.sd_notify import SystemdNotifier
 from supervisor.process.slot_totals import SlotTotals
@@ -37,11 +38,15 @@ class Operators:
         self.systemd = SystemdNotifier.from_environment()
         self.admin: AdminServer | None = None
         self.feed = DashboardFeed(self.dashboard_frame)
+        self.log = LogOutput(supervisor.config.worker.log_file, supervisor.config.worker.log_format)
 
     # --- called by the supervisor ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Once the fleet exists: follow operations, open the admin endpoint, start the sampler and watchdog."""
         sup = self.sup
+        self.log.open()
+        self.log.install(sup.fleet.workers)
+        sup.info["log"] = {"file": self.log.path, "format": self.log.format}
         sup.operations.observers.append(self._on_operation)
         address = sup.config.admin_address
         if address is not None:
