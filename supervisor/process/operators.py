@@ -53,6 +53,7 @@ class Operators:
             self.admin = AdminServer(address, sup.config.admin_token, self)
             await self.admin.open()
             sup.info["admin"] = self.admin.url
+            os.environ["WSUP_ADMIN_URL"] = self.admin.url  # workers inherit it: the demo page links the dashboard
             sup.tasks.supervise("admin", self.admin.serve)
             sup.tasks.supervise("dashboard", self.feed.run)
         sup.tasks.supervise("operators-sample", self._sample_forever)

@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     for sig in (*IGNORED_BY_WORKERS, REOPEN_WORKER_LOG):  # a reopen before the loop handles it: nothing to do
         signal.signal(sig, signal.SIG_IGN)
     die_with_supervisor(spec.supervisor_pid)
+    # The app may want to know which worker it runs in: the slot is stable across reloads, the generation is not.
+    os.environ["WSUP_SLOT"] = str(spec.slot)
+    os.environ["WSUP_GENERATION"] = str(spec.generation)
     worker = Worker(spec)
     exit_code = 0
     try:
