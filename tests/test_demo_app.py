@@ -31,7 +31,8 @@ def test_demo_chat_in_a_browser(start_wsup: Callable[..., Instance]) -> None:
 
 
 async def _say(page: Page, text: str) -> None:
-    await page.evaluate(f"document.getElementById('msg').value = {text!r}; document.getElementById('f').requestSubmit()")
+    form = "document.getElementById('f')"
+    await page.evaluate(f"document.getElementById('msg').value = {text!r}; {form}.requestSubmit()")
 
 
 async def _scenario(wsup: Instance, admin: int, browser: Browser) -> None:
