@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -84,10 +85,14 @@ def test_metrics_match_status_and_survive_a_reload(start_wsup: Callable[..., Ins
     assert status == 200 and document["name"] == wsup.name and len(document["workers"]) == 2
 
 
-def test_token_and_hostile_requests(start_wsup: Callable[..., Instance]) -> None:
+def test_token_and_hostile_requests(start_wsup: Callable[..., Instance], wsup_env: dict[str, str]) -> None:
     admin = free_port()
-    wsup = start_wsup("app:asgi", "--admin", f"127.0.0.1:{admin}", "--admin-token", TOKEN)
-    wsup.wait_ready(1)
+    wsup_env["WSUP_ADMIN_TOKEN"] = TOKEN  # the way the README recommends: not on the command line
+    wsup = start_wsup("app:asgi", "--admin", f"127.0.0.1:{admin}")
+    del wsup_env["WSUP_ADMIN_TOKEN"]
+    status = wsup.wait_ready(1)
+    worker_env = Path(f"/proc/{status['workers'][0]['pid']}/environ").read_bytes()
+    assert b"WSUP_ADMIN_TOKEN" not in worker_env and f"WSUP_ADMIN_URL=http://127.0.0.1:{admin}".encode() in worker_env
     assert http_get(admin, "/metrics")[0] == 401
     assert http_get(admin, f"/health?token={TOKEN}x")[0] == 401
     assert http_get(admin, f"/health?token={TOKEN}")[0] == 200

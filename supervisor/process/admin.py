@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from ipc.errors import ConfigError
 from supervisor.admin_address import AdminAddress
 from supervisor.process.admin_http import MAX_HEAD_BYTES, BadRequest, HttpRequest, read_request, response, response_head
 from supervisor.process.dashboard import page
@@ -59,8 +60,6 @@ class AdminServer:
                 self._serve_one, self.address.host, self.address.port, limit=MAX_HEAD_BYTES, start_serving=False
             )
         except OSError as exc:
-            from ipc.errors import ConfigError
-
             raise ConfigError(f"--admin {self.address.host}:{self.address.port}: {exc.strerror}") from None
         logger.info("admin endpoint on %s (metrics, health, status, dashboard)", self.url)
 
@@ -103,8 +102,8 @@ class AdminServer:
             self.unauthorized += 1
             writer.write(response(401, b"a token is required\n", TEXT, extra={"WWW-Authenticate": "Bearer"}))
             return
-        if request.path == "/events":
-            await self._stream(reader, writer, request)
+        if request.path == "/events" and request.method == "GET":
+            await self._stream(reader, writer)
             return
         status, body, content_type = self._route(request)
         writer.write(response(status, body, content_type, head_only=request.method == "HEAD"))
@@ -132,16 +131,20 @@ class AdminServer:
             return (200 if ok else 503), orjson.dumps(document), JSON
         if path == "/status":
             return 200, orjson.dumps(self._ops.sup.commands.snapshot()), JSON
+        if path == "/events":  # HEAD
+            return 200, b"", "text/event-stream"
         if path in ("/", "/index.html"):
             return 200, page(), "text/html; charset=utf-8"
         return 404, b"not found: try /, /metrics, /health or /status\n", TEXT
 
-    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: HttpRequest) -> None:
-        writer.write(response_head(200, "text/event-stream", None, {"X-Accel-Buffering": "no"}))
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         feed = self._ops.feed
-        if not feed.subscribe(writer):
+        if feed.full:
             self.refused += 1
+            writer.write(response(503, b"too many open dashboards\n", TEXT, extra={"Retry-After": "5"}))
             return
+        writer.write(response_head(200, "text/event-stream", None, {"X-Accel-Buffering": "no"}))
+        feed.subscribe(writer)
         try:
             # The client sends nothing more: reading returns at its close (or at junk, which also ends it).
             await reader.read(1)

@@ -52,15 +52,16 @@ class DashboardFeed:
         sample.append([[s["slot"], live.get(s["slot"], 0), s["requests"]] for s in frame["slots"]])
         self.history.append(sample)
 
-    def subscribe(self, writer: asyncio.StreamWriter) -> bool:
-        """Start streaming to ``writer`` (the response head is already written); False if too many are open."""
-        if len(self._viewers) >= MAX_VIEWERS:
-            return False
+    @property
+    def full(self) -> bool:
+        return len(self._viewers) >= MAX_VIEWERS
+
+    def subscribe(self, writer: asyncio.StreamWriter) -> None:
+        """Start streaming to ``writer`` (the response head is already written; the caller checked ``full``)."""
         writer.write(b"event: history\ndata: " + orjson.dumps(list(self.history)) + b"\n\n")
         writer.write(b"data: " + orjson.dumps(self._frame()) + b"\n\n")
         self._viewers.add(writer)
         self._someone.set()
-        return True
 
     def unsubscribe(self, writer: asyncio.StreamWriter) -> None:
         self._viewers.discard(writer)

@@ -15,6 +15,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from ipc.messages import Message, Report
+from supervisor.admin_address import TOKEN_ENV
 from supervisor.process.admin import AdminServer
 from supervisor.process.dashboard import DashboardFeed
 from supervisor.process.health import HealthFacts
@@ -36,6 +37,7 @@ class Operators:
         self.totals = SlotTotals()
         self.operations: Counter[tuple[str, str]] = Counter()
         self.systemd = SystemdNotifier.from_environment()
+        os.environ.pop(TOKEN_ENV, None)  # read by the CLI already; the workers (the app's code) need not see it
         self.admin: AdminServer | None = None
         self.feed = DashboardFeed(self.dashboard_frame)
         self.log = LogOutput(supervisor.config.worker.log_file, supervisor.config.worker.log_format)
