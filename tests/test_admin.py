@@ -67,13 +67,25 @@ def test_metrics_match_status_and_survive_a_reload(start_wsup: Callable[..., Ins
         assert http_get(wsup.port, "/hello")[0] == 200
     wait_until(lambda: sum(by_slot(scrape(admin)["wsup_requests_total"]).values()) >= 30, 10, 0.1, "30 requests")
     before = scrape(admin)
-    result = wsup.cli("reload", "--name", wsup.name)
-    assert result.returncode == 0, result.stderr
+
+    async def reload_with_clients() -> None:
+        # Ten clients held through the reload: each gets 1012 (Service Restart) from its draining worker.
+        clients = await open_websockets(f"{wsup.ws_url}/ws", 10)
+        try:
+            result = await asyncio.to_thread(wsup.cli, "reload", "--name", wsup.name)
+            assert result.returncode == 0, result.stderr
+        finally:
+            await close_all(clients)
+
+    asyncio.run(reload_with_clients())
+    closes = "wsup_websocket_closes_total"
+    wait_until(lambda: scrape(admin)[closes].get((("code", "1012"),)) == 10.0, 15, 0.1, "10 closes with 1012")
     after = scrape(admin)
+    assert after[closes][(("code", "1000"),)] == 100.0  # the first hundred clients closed normally
     for name in ("wsup_requests_total", "wsup_connections_accepted_total", "wsup_worker_cpu_seconds_total"):
         for slot, value in by_slot(before[name]).items():
             assert by_slot(after[name])[slot] >= value, f"{name} of slot {slot} went back: {value} -> {after[name]}"
-    assert sum(by_slot(after["wsup_websocket_sessions_total"]).values()) >= 100
+    assert sum(by_slot(after["wsup_websocket_sessions_total"]).values()) == 110
     assert by_slot(after["wsup_worker_restarts_total"], reason="reload") == {"0": 1.0, "1": 1.0}
     assert after["wsup_reloads_total"][(("result", "ok"),)] == 1.0
     assert after["wsup_workers"][(("state", "ready"),)] == 2.0

@@ -131,3 +131,8 @@ class _Collector:
         for reason, key in BUS_DROPS.items():
             dropped.add_metric([reason], summed.get(key, 0))
         yield from (messages, dropped)
+        closes = counter("wsup_websocket_closes", "WebSocket sessions ended, by close code", ["code"])
+        for key, count in sorted(summed.items()):
+            if key.startswith("closes."):
+                closes.add_metric([key[7:]], count)
+        yield closes

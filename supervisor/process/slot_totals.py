@@ -41,6 +41,9 @@ def report_values(report: Report) -> dict[str, float]:
     for key, value in report.bus.items():
         if key not in ("channels", "members"):
             values[f"bus.{key}"] = value
+    for code, count in report.closes.items():
+        if code.isdigit() and len(code) == 4:  # a metric label: only what a close code looks like
+            values[f"closes.{code}"] = count
     return values
 
 

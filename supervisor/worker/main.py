@@ -116,6 +116,7 @@ class Worker:
             generation=spec.generation,
             snapshot=self.counts,
             bus_counters=lambda: self.bus.describe() if self.bus is not None else {},
+            close_codes=self.connections.describe_closes,
         )
 
     def counts(self) -> Counts:
