@@ -58,13 +58,14 @@ class Operators:
             os.environ["WSUP_ADMIN_URL"] = self.admin.url  # workers inherit it: the demo page links the dashboard
             sup.tasks.supervise("admin", self.admin.serve)
             sup.tasks.supervise("dashboard", self.feed.run)
-        sup.tasks.supervise("operators-sample", self._sample_forever)
+        if self.admin is not None or self.systemd.enabled:  # neither asked for: nothing to sample
+            sup.tasks.supervise("operators-sample", self._sample_forever)
         if self.systemd.watchdog_interval is not None:
             sup.tasks.supervise("systemd-watchdog", self._watchdog)
 
     def observe(self, message: Message) -> None:
         """Every message from a worker, before the supervisor acts on it: reports feed the per-slot totals."""
-        if isinstance(message, Report):
+        if isinstance(message, Report) and self.admin is not None:  # totals are folded by the admin's sampler
             worker = self.sup.fleet.find(message.pid)
             known = worker is not None and worker.slot == message.slot and worker.generation == message.generation
             self.totals.observe(message, known)
@@ -91,8 +92,9 @@ class Operators:
 
     async def _sample_forever(self) -> None:
         while True:
-            self.sample()
-            self.feed.record()
+            if self.admin is not None:
+                self.sample()
+                self.feed.record()
             if self.systemd.enabled:
                 self.systemd.notify(STATUS=self.summary())
             await asyncio.sleep(SAMPLE_S)
