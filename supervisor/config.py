@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ipc.errors import ConfigError
@@ -48,7 +48,7 @@ class SupervisorConfig:
     backlog: int = 2048
     reload_batch: int = 1
     admin: str | None = None  # the admin endpoint's [HOST:]PORT (metrics, health, dashboard); off unless given
-    admin_token: str | None = None  # required unless the admin endpoint is on loopback
+    admin_token: str | None = field(default=None, repr=False)  # required unless the admin endpoint is on loopback
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= MAX_WORKERS:
