@@ -56,9 +56,12 @@ async def _scenario(wsup: Instance, admin: int, browser: Browser) -> None:
             await page.until(f"{LOG}.includes('[published] maintenance at 22:00')", "the published plain string")
 
         # Typed while disconnected: kept, and sent once the page has reconnected.
-        await alice.evaluate("ws.close()")
-        await _say(alice, "typed while offline")
-        assert "waiting to be sent" in await alice.evaluate("document.getElementById('queued').textContent")
+        # One evaluation, so that the page cannot reconnect between the close and the check (it retries on a timer).
+        queued = await alice.evaluate(
+            "ws.close(); document.getElementById('msg').value = 'typed while offline';"
+            " document.getElementById('f').requestSubmit(); document.getElementById('queued').textContent"
+        )
+        assert "1 message(s) waiting to be sent" in queued
         await bob.until(f"{LOG}.includes('typed while offline')", "the queued line, once alice reconnected")
         assert "retrying in" in await alice.evaluate(LOG)
 
