@@ -30,7 +30,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
 }
 _FLOAT_RANGES: dict[str, tuple[float, float]] = {"loop_lag_ms": (0.0, 86_400_000.0)}
 _MAX_TEXT = {"error": 16_384, "id": 128, "cmd": 64, "status": 16, "kind": 64}
-_MAX_COUNTER_KEYS = 64  # a Report's ``bus`` counters: a flat map of short names to counts
+_MAX_COUNTER_KEYS = 64  # a Report's ``bus`` and ``closes`` counters: flat maps of short names to counts
 
 JSONObject: TypeAlias = dict[str, Any]
 
@@ -74,6 +74,7 @@ class Report:
     draining: bool
     dropped_reports: int  # reports this worker could not send (ZeroMQ high-water mark)
     bus: JSONObject = field(default_factory=dict)  # broadcast-bus counters, filled in by ipc.bus
+    closes: JSONObject = field(default_factory=dict)  # WebSocket sessions ended, by close code ("1000": n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,16 +150,16 @@ def _check_range(tag: str, name: str, value: Any) -> None:
         limit = _MAX_TEXT.get(name, 4096)
         if len(value) > limit:
             raise ProtocolError(f"{tag} field {name!r} is longer than {limit} characters")
-    elif tag == Report.TAG and name == "bus":
-        _check_counters(value)
+    elif tag == Report.TAG and name in ("bus", "closes"):
+        _check_counters(name, value)
 
 
-def _check_counters(counters: JSONObject) -> None:
+def _check_counters(name: str, counters: JSONObject) -> None:
     if len(counters) > _MAX_COUNTER_KEYS:
-        raise ProtocolError(f"report field 'bus' has {len(counters)} counters (at most {_MAX_COUNTER_KEYS})")
+        raise ProtocolError(f"report field {name!r} has {len(counters)} counters (at most {_MAX_COUNTER_KEYS})")
     for key, count in counters.items():
         if len(key) > 64 or not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_COUNT:
-            raise ProtocolError(f"report field 'bus' has a bad counter {key[:64]!r}: {count!r:.64}")
+            raise ProtocolError(f"report field {name!r} has a bad counter {key[:64]!r}: {count!r:.64}")
 
 
 def encode(message: Message) -> bytes:

@@ -78,6 +78,8 @@ class WorkerSettings:
     limit_concurrency: int | None = None
     env_file: str | None = None  # loaded in each worker before the app is imported (python-dotenv, no override)
     header: tuple[str, ...] = ()  # extra response headers, "Name: value"
+    log_file: str | None = None  # where the supervisor and workers log; None: the supervisor's stderr
+    log_format: str = "text"  # text, or json: one object per line
 
     def __post_init__(self) -> None:
         validate_app_path(self.app)
@@ -93,6 +95,10 @@ class WorkerSettings:
         check_range("bus_max_bytes", self.bus_max_bytes, 1, MAX_BUS_MAX_BYTES)
         check_range("bus_coalesce_ms", self.bus_coalesce_ms, 0, 1000)
         self._check_uvicorn_options()
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")
+        if self.log_file is not None and (not self.log_file or "\0" in self.log_file):
+            raise ConfigError(f"--log-file must be a file path, got {self.log_file!r}")
 
     def _check_uvicorn_options(self) -> None:
         if (self.ssl_keyfile is None) != (self.ssl_certfile is None):

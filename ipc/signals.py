@@ -22,3 +22,7 @@ CLOSE_CODE_FOR: dict[signal.Signals, int] = {
     DRAIN_FOR_STOP: CLOSE_GOING_AWAY,
 }
 IGNORED_BY_WORKERS = (signal.SIGINT, signal.SIGHUP)
+# The supervisor reopens its log file on SIGUSR1 (what logrotate sends); SIGUSR1 means "drain" to a worker, so the
+# supervisor passes the reopen on as SIGUSR2. A worker ignores it until its loop can handle it.
+REOPEN_LOG = signal.SIGUSR1
+REOPEN_WORKER_LOG = signal.SIGUSR2

@@ -45,6 +45,7 @@ class StatsReporter:
         generation: int,
         snapshot: Callable[[], Counts],
         bus_counters: Callable[[], JSONObject] | None = None,
+        close_codes: Callable[[], JSONObject] | None = None,
     ) -> None:
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PUSH)
@@ -53,6 +54,7 @@ class StatsReporter:
         self._pid, self._slot, self._generation = pid, slot, generation
         self._snapshot = snapshot
         self._bus_counters = bus_counters
+        self._close_codes = close_codes
         self._seq = 0
         self.dropped = 0
 
@@ -86,6 +88,7 @@ class StatsReporter:
                 draining=counts.draining,
                 dropped_reports=self.dropped,
                 bus=self._bus_counters() if self._bus_counters is not None else {},
+                closes=self._close_codes() if self._close_codes is not None else {},
             )
         )
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ipc.errors import ConfigError
 from ipc.settings import WorkerSettings, check_range, option
+from supervisor.admin_address import AdminAddress, check_access, parse_admin
 
 BALANCE_MODES = ("least-conn", "hash", "ip-hash")
 MAX_LIFETIME_FLOOR_S = 1.0  # a shorter lifetime would spend the worker's whole life starting and draining
@@ -96,6 +97,8 @@ class SupervisorConfig:
     max_lifetime: float = 0.0
     max_lifetime_jitter: float = 0.0
     max_memory: int = 0  # bytes of the worker's RSS
+    admin: str | None = None  # the admin endpoint's [HOST:]PORT (metrics, health, dashboard); off unless given
+    admin_token: str | None = field(default=None, repr=False)  # required unless the admin endpoint is on loopback
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= MAX_WORKERS:
@@ -119,10 +122,16 @@ class SupervisorConfig:
             check_range("max_lifetime", self.max_lifetime, MAX_LIFETIME_FLOOR_S, 10 * 365 * 86400)
         elif self.max_lifetime < 0:
             check_range("max_lifetime", self.max_lifetime, 0, 0)
+        if self.admin is not None:
+            check_access(parse_admin(self.admin), self.admin_token)
 
     @property
     def recycles(self) -> bool:
         return bool(self.max_requests or self.max_lifetime or self.max_memory)
+
+    @property
+    def admin_address(self) -> AdminAddress | None:
+        return parse_admin(self.admin) if self.admin is not None else None
 
     @property
     def app(self) -> str:

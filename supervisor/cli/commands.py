@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import time
@@ -23,6 +24,7 @@ from ipc.endpoints import (
 )
 from ipc.errors import AmbiguousInstanceError, ConfigError, SupervisorTimeoutError, WsupError
 from ipc.settings import PASSWORD_ENV, WorkerSettings
+from supervisor.admin_address import TOKEN_ENV
 from supervisor.cli.daemon import notify, start_detached
 from supervisor.cli.settings_view import effective_settings, render_settings
 from supervisor.cli.status_view import render_instances, render_status
@@ -58,6 +60,10 @@ def config_from_options(given: Mapping[str, Any]) -> SupervisorConfig:
         options["ssl_keyfile_password"] = _read_secret(str(password_file))
     elif "ssl_keyfile_password" not in options and os.environ.get(PASSWORD_ENV):
         options["ssl_keyfile_password"] = os.environ[PASSWORD_ENV]
+    if "log_file" in options:  # workers open it too (to reopen it after a rotation): the same file from any cwd
+        options["log_file"] = os.path.abspath(options["log_file"])
+    if "admin" in options and os.environ.get(TOKEN_ENV):
+        options.setdefault("admin_token", os.environ[TOKEN_ENV])
     return SupervisorConfig.from_options(options)
 
 
@@ -97,8 +103,10 @@ def start_daemon(options: Mapping[str, Any], argv: list[str], config_path: Path 
     not its command line."""
     config = config_from_options(options)  # fail on bad input here, before anything is spawned
     instance_paths(config.name)
-    log_file = options.get("log_file") or str(runtime_root() / f"{config.name}.log")
+    log_file = config.worker.log_file or str(runtime_root() / f"{config.name}.log")
     argv = _without_secret([a for a in argv if a != "--daemon"])
+    if config.worker.log_file is None:  # the detached supervisor opens (and on SIGUSR1 reopens) it by name
+        argv = [*argv, "--log-file", log_file]
     if config_path is not None and "--config" not in argv:
         argv += ["--config", str(config_path.resolve())]
     secret = {PASSWORD_ENV: config.worker.ssl_keyfile_password} if config.worker.ssl_keyfile_password else {}
@@ -117,6 +125,38 @@ def _without_secret(argv: list[str]) -> list[str]:
         elif not arg.startswith("--ssl-keyfile-password="):
             out.append(arg)
     return out
+
+
+def systemd_unit(args: argparse.Namespace, argv: list[str]) -> str:
+    """``wsup systemd-unit``: the options are checked as `wsup start` would, then rendered as a unit."""
+    from supervisor.cli.systemd_unit import render_unit
+
+    options = argparse.Namespace(**vars(args))
+    admin = getattr(args, "admin", None)
+    if admin is not None and not getattr(args, "admin_token", None) and not os.environ.get(TOKEN_ENV):
+        # The token belongs in the unit's EnvironmentFile, not in this shell: check everything else.
+        options.admin_token = "x" * 32
+    return render_unit(config_from_options(vars(options)), argv)
+
+
+def log_file(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> Path:
+    """Where a running instance logs; without one running, the daemon's default log of ``name`` if it exists."""
+    from supervisor.cli.logs import NoLogFileError
+
+    try:
+        paths = find_instance(name)
+    except WsupError:
+        fallback = runtime_root() / f"{name}.log" if name else None
+        if fallback is not None and fallback.is_file():
+            return fallback
+        raise
+    info = control.call(paths.control, "status", timeout=timeout)
+    path = (info.get("log") or {}).get("file")
+    if not path:
+        raise NoLogFileError(
+            f"{paths.name!r} logs to the terminal it was started from: start it with --log-file or --daemon"
+        )
+    return Path(path)
 
 
 def notify_failure(fd: int, error: WsupError) -> None:

@@ -21,6 +21,7 @@ from ipc.errors import WsupError
 from ipc.settings import WorkerSettings, defaults
 from supervisor.cli import commands, config_file, start_options
 from supervisor.config import SupervisorConfig, parse_instances
+from supervisor.log_format import SUPERVISOR_TAG, JsonFormatter
 
 logger = logging.getLogger("wsup")
 
@@ -58,7 +59,12 @@ def _add_start_options(start: argparse.ArgumentParser) -> None:
     start.add_argument("--name", help="instance name (default: the app's module name)")
     start.add_argument("--daemon", action="store_true", help="run in the background; return once ready")
     start.add_argument("--log-level", help="critical|error|warning|info|debug|trace (default info)")
-    start.add_argument("--log-file", help="with --daemon: where output goes (default: in the run directory)")
+    start.add_argument(
+        "--log-file",
+        help="where the supervisor and workers log (default: the terminal; with --daemon, <run dir>/NAME.log);"
+        " reopened on SIGUSR1, for logrotate",
+    )
+    start.add_argument("--log-format", help="text, or json: one JSON object per line (default text)")
     start.add_argument("--factory", action="store_true", help="APP is a callable that returns the ASGI app")
     start.add_argument("--app-dir", help="directory to import APP from (default: current)")
     start.add_argument("--access-log", action=argparse.BooleanOptionalAction, help="log every request (default on)")
@@ -107,6 +113,17 @@ def _add_start_options(start: argparse.ArgumentParser) -> None:
         help="under load, send each client the broadcasts of this window in one write"
         f" (0: never; default {d['bus_coalesce_ms']:g})",
     )
+    start.add_argument(
+        "--admin",
+        metavar="[HOST:]PORT",
+        help="serve /metrics (Prometheus), /health, /status and a live dashboard at / from the supervisor"
+        " (off by default; HOST defaults to 127.0.0.1, loopback only: any other HOST needs a token)",
+    )
+    start.add_argument(
+        "--admin-token",
+        help="token the admin endpoint requires (Authorization: Bearer, or ?token=); prefer the WSUP_ADMIN_TOKEN"
+        " environment variable, which other users cannot read in the process list",
+    )
     start.add_argument("--notify-fd", type=int, help=argparse.SUPPRESS)
     start_options.add_recycling(start)
     start_options.add_uvicorn(start)
@@ -145,6 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("workers", metavar="N", help="the new number of workers, or 'max'")
     _add_name(scale)
 
+    logs = sub.add_parser("logs", help="show the instance's log (each worker's lines tagged slot/generation)")
+    _add_name(logs)
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (across reloads)")
+    logs.add_argument("-n", "--lines", type=int, default=20, help="how many of the last lines to show (default 20)")
+    logs.add_argument("--slot", type=int, help="only the lines of this slot's workers")
+
+    unit = sub.add_parser(
+        "systemd-unit",
+        help="print a systemd service (Type=notify, reload, drain on stop) for `wsup start` with these options",
+        argument_default=argparse.SUPPRESS,
+    )
+    _add_start_options(unit)
+
     publish = sub.add_parser("publish", help="publish a message to a broadcast channel of a running instance")
     publish.add_argument("channel", metavar="CHANNEL", help="the channel name")
     publish.add_argument("message", metavar="MESSAGE", help="the message, as text ('-' reads it from stdin)")
@@ -173,10 +203,14 @@ def _run_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
     resolved = _resolve(args)
     options = resolved.options
     log_level = options.get("log_level", defaults(WorkerSettings)["log_level"])
+    handler = logging.StreamHandler(sys.stderr)
+    if options.get("log_format", "text") == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {SUPERVISOR_TAG} %(levelname)s %(message)s"))
     logging.basicConfig(
         level=log_level.upper() if log_level in ("critical", "error", "warning", "info", "debug") else "DEBUG",
-        format="%(asctime)s [wsup] %(levelname)s %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
     )
     notify_fd = getattr(args, "notify_fd", None)
     if options.get("daemon") and notify_fd is None:  # the detached child runs in the foreground
@@ -274,9 +308,29 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logs(args: argparse.Namespace) -> int:
+    from supervisor.cli import logs
+
+    path = commands.log_file(args.name, args.timeout)
+    try:
+        lines, end = logs.last_lines(path, args.lines, args.slot)
+        for line in lines:
+            print(line)
+        if args.follow:
+            sys.stdout.flush()
+            for line in logs.follow(path, end, args.slot):
+                print(line, flush=True)
+    except OSError as exc:
+        raise WsupError(f"cannot read the log {path}: {exc.strerror}") from None
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
 COMMANDS.update(
     config=_config, status=_status, stop=_stop, reload=_reload, restart=_restart, scale=_scale, publish=_publish
 )
+COMMANDS.update(logs=_logs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -289,6 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "start":
             return _run_start(args, argv[argv.index("start") + 1 :])
+        if args.command == "systemd-unit":
+            sys.stdout.write(commands.systemd_unit(args, argv[argv.index("systemd-unit") + 1 :]))
+            sys.stdout.flush()
+            return 0
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # inside the try: a reader that went away is noticed here, not at interpreter exit
         return code

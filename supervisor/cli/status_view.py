@@ -128,6 +128,12 @@ def render_status(status: dict[str, Any]) -> str:
     if bus and any(bus.get(key) for key in _MANAGER):
         lines.append(_manager_line(bus))
     lines += _recycling_lines(status)
+    log = status.get("log") or {}
+    if log:
+        where = log.get("file") or "the terminal it was started from"
+        lines.append(f"log: {where}" + (" (json)" if log.get("format") == "json" else ""))
+    if status.get("admin"):
+        lines.append(f"admin: {status['admin']} (dashboard; /metrics, /health, /status)")
     for worker in status["workers"]:
         if worker.get("crash_loop") or (worker.get("pid") is None and worker.get("last_error")):
             lines.append(f"slot {worker['slot']}: {worker.get('last_error')}")

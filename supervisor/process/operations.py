@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from ipc.errors import ConfigError, OperationInterruptedError, ReloadFailedError, ReloadInProgressError
@@ -24,6 +24,9 @@ from supervisor.process.slots import Slot
 
 logger = logging.getLogger("wsup.rollout")
 HEARTBEAT_S = 1.0  # progress heartbeats keep `wsup reload` from mistaking a long drain for a dead supervisor
+# Told (operation, None) when one starts and (operation, "ok" | "failed" | "interrupted") when it ends: metrics and
+# systemd's RELOADING=1/READY=1 follow operations through this, without polling.
+Observer = Callable[[str, str | None], None]
 
 
 def reload_order(slots: Sequence[Slot]) -> list[Slot]:
@@ -50,6 +53,11 @@ class Operations:
         self.running: str | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self.observers: list[Observer] = []
+
+    def _tell(self, what: str, outcome: str | None) -> None:
+        for observer in self.observers:
+            observer(what, outcome)
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, what: str, progress: Progress) -> AsyncIterator[None]:
@@ -70,11 +78,18 @@ class Operations:
                 raise OperationInterruptedError("the instance is stopping")
             self.running = what
             self._idle.clear()
+            self._tell(what, None)
+            outcome = "failed"
             try:
                 yield
+                outcome = "ok"
+            except (OperationInterruptedError, asyncio.CancelledError):
+                outcome = "interrupted"
+                raise
             finally:
                 self.running = None
                 self._idle.set()
+                self._tell(what, outcome)
         finally:
             heartbeat.cancel()
 

@@ -32,6 +32,7 @@ from supervisor.process.fleet import Fleet, FleetTiming
 from supervisor.process.limits import describe_limits, raise_open_files_limit
 from supervisor.process.listeners import ListenerGroup, resolve
 from supervisor.process.operations import Operations
+from supervisor.process.operators import Operators
 from supervisor.process.recycle_policy import Limits
 from supervisor.process.recycler import Recycler
 from supervisor.process.slot_loads import slot_loads, sticky_roles
@@ -100,6 +101,10 @@ class Supervisor:
             stack.callback(self.control.close)
             stack.push_async_callback(self.tasks.aclose)
             stack.callback(self.arrivals.disarm)
+            # What operators see (metrics, health, dashboard, systemd): reads only; see supervisor.process.operators.
+            self.operators = Operators(self)
+            stack.callback(self.operators.close)
+            await self.operators.start()
             lock.write_info({**self.info, "pid": os.getpid(), "started_at": self.started_at})
             self._install_signal_handlers()
             self.tasks.supervise("reconcile", self.fleet.run)
@@ -112,7 +117,9 @@ class Supervisor:
                 await self.fleet.start(config.workers)
                 logger.info("%d workers ready on %s (%s)", config.workers, address.url, self.steering.mode)
                 on_ready({**self.info, "workers": [s.worker.pid for s in self.fleet.slots if s.worker]})
+                self.operators.ready()
                 await self._stop_requested.wait()
+                self.operators.stopping()
                 logger.info("stopping: draining %d workers", len(list(self.fleet.workers())))
             finally:
                 await self.fleet.stop()
@@ -192,6 +199,7 @@ class Supervisor:
     async def _pump_stats(self) -> None:
         while True:
             message = await self.stats.receive()
+            self.operators.observe(message)
             worker = self.fleet.find(message.pid)
             if worker is None or worker.slot != message.slot or worker.generation != message.generation:
                 self.unknown_reports += 1

@@ -26,8 +26,9 @@ from ipc.bus_worker import WorkerBus
 from ipc.counters import ConnectionCounters
 from ipc.errors import AppLoadError
 from ipc.settings import PASSWORD_ENV, WorkerSpec
-from ipc.signals import CLOSE_CODE_FOR, CLOSE_GOING_AWAY, IGNORED_BY_WORKERS
+from ipc.signals import CLOSE_CODE_FOR, CLOSE_GOING_AWAY, IGNORED_BY_WORKERS, REOPEN_WORKER_LOG
 from ipc.stats import Counts, StatsReporter
+from supervisor.log_format import open_log, worker_tag
 from supervisor.worker.app_loader import load_app
 from supervisor.worker.drain import drain, drain_window
 from supervisor.worker.protocols import WorkerConnections, WsupHttpProtocol, WsupServerState, WsupWebSocketProtocol
@@ -49,12 +50,31 @@ def die_with_supervisor(supervisor_pid: int) -> None:
 
 def logging_config(spec: WorkerSpec) -> dict[str, Any]:
     config = copy.deepcopy(LOGGING_CONFIG)
-    prefix = f"%(asctime)s [worker {spec.slot} pid {os.getpid()}] %(levelprefix)s "
-    config["formatters"]["default"]["fmt"] = prefix + "%(message)s"
-    config["formatters"]["access"]["fmt"] = prefix + '%(client_addr)s - "%(request_line)s" %(status_code)s'
+    if spec.settings.log_format == "json":
+        json = {"()": "supervisor.log_format.JsonFormatter", "source": "worker"}
+        for name in ("default", "access"):
+            config["formatters"][name] = {**json, "slot": spec.slot, "generation": spec.generation}
+    else:
+        prefix = f"%(asctime)s {worker_tag(spec.slot, spec.generation)} %(levelprefix)s "
+        config["formatters"]["default"]["fmt"] = prefix + "%(message)s"
+        config["formatters"]["access"]["fmt"] = prefix + '%(client_addr)s - "%(request_line)s" %(status_code)s'
+    # Access lines go where every other line goes (the log file, when there is one), not to stdout.
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
     level = spec.settings.log_level.upper() if spec.settings.log_level != "trace" else "DEBUG"
     config["loggers"]["wsup"] = {"handlers": ["default"], "level": level, "propagate": False}
     return config
+
+
+def reopen_log(path: str) -> None:
+    """Point stderr at ``path`` again (after logrotate moved the old file away); keep the old one if that fails."""
+    try:
+        fd = open_log(path)
+    except OSError as exc:
+        logger.error("could not reopen the log %s: %s", path, exc.strerror)
+        return
+    sys.stderr.flush()
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 class LastErrorHandler(logging.Handler):
@@ -98,6 +118,7 @@ class Worker:
             generation=spec.generation,
             snapshot=self.counts,
             bus_counters=lambda: self.bus.describe() if self.bus is not None else {},
+            close_codes=self.connections.describe_closes,
         )
 
     def counts(self) -> Counts:
@@ -182,8 +203,13 @@ class Worker:
             sys.stderr.flush()
             os.dup2(spec.log_fd, 2)
             os.close(spec.log_fd)
+        if settings.log_file is not None:
+            # By path, not the fd inherited at spawn: the file may have been rotated while this worker started.
+            reopen_log(settings.log_file)
+            loop.add_signal_handler(REOPEN_WORKER_LOG, reopen_log, settings.log_file)
         reporter_task = asyncio.create_task(self.reporter.run())
-        logger.info("serving %s (slot %d, generation %d)", settings.app, spec.slot, spec.generation)
+        pid = os.getpid()
+        logger.info("serving %s (slot %d, generation %d, pid %d)", settings.app, spec.slot, spec.generation, pid)
 
         await server.main_loop()
         result = await drain(
@@ -222,9 +248,12 @@ def load_env_file(path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     spec = WorkerSpec.from_json(args[0])
-    for sig in IGNORED_BY_WORKERS:
+    for sig in (*IGNORED_BY_WORKERS, REOPEN_WORKER_LOG):  # a reopen before the loop handles it: nothing to do
         signal.signal(sig, signal.SIG_IGN)
     die_with_supervisor(spec.supervisor_pid)
+    # The app may want to know which worker it runs in: the slot is stable across reloads, the generation is not.
+    os.environ["WSUP_SLOT"] = str(spec.slot)
+    os.environ["WSUP_GENERATION"] = str(spec.generation)
     worker = Worker(spec)
     exit_code = 0
     try:

@@ -26,12 +26,14 @@ if AutoWebSocketsProtocol is None:  # pragma: no cover - uvicorn[standard] alway
     raise ImportError("wsup needs a WebSocket implementation: install uvicorn[standard]")
 
 _WebSocketBase: Any = AutoWebSocketsProtocol
+MIN_CLOSE_CODE, MAX_CLOSE_CODE = 1000, 4999
+MAX_CLOSE_CODES = 32  # distinct codes counted per worker; more (a peer inventing them) are counted as 1006
 
 
 class WorkerConnections:
     """One server's connection counts and drain state, shared by all of its protocol instances."""
 
-    __slots__ = ("cells", "websocket_live", "websocket_opened", "draining", "on_lost")
+    __slots__ = ("cells", "websocket_live", "websocket_opened", "close_codes", "draining", "on_lost")
 
     def __init__(self, cells: memoryview | None = None) -> None:
         # Every TCP connection accepted and ended (a WebSocket starts as an HTTP connection and ends as a WebSocket),
@@ -39,8 +41,19 @@ class WorkerConnections:
         self.cells = cells if cells is not None else local_cells()
         self.websocket_live = 0
         self.websocket_opened = 0
+        self.close_codes: dict[int, int] = {}  # WebSocket sessions ended, by close code (see WsupWebSocketProtocol)
         self.draining = False
         self.on_lost: Callable[[], None] | None = None  # set by the drain, to wake it when a connection ends
+
+    def closed_with(self, code: int) -> None:
+        if not MIN_CLOSE_CODE <= code <= MAX_CLOSE_CODE:
+            code = 1006  # not a code a peer may send: counted as an abnormal close, never as a new label
+        if code not in self.close_codes and len(self.close_codes) >= MAX_CLOSE_CODES:
+            code = 1006  # a peer inventing codes cannot grow the report (or the metrics) without bound
+        self.close_codes[code] = self.close_codes.get(code, 0) + 1
+
+    def describe_closes(self) -> dict[str, int]:
+        return {str(code): count for code, count in self.close_codes.items()}
 
     def lost(self) -> None:
         if self.on_lost is not None:
@@ -124,6 +137,11 @@ class WsupWebSocketProtocol(_WebSocketBase):  # type: ignore[misc]
     def connection_lost(self, exc: Exception | None) -> None:
         self.wsup.websocket_live -= 1
         self.wsup.cells[CLOSED] += 1
+        if getattr(self, "handshake_complete", False):
+            # The code of the closing handshake: the peer's if it sent one, else ours, else 1006 (no close frame).
+            conn = self.conn
+            frame = conn.close_rcvd or conn.close_sent
+            self.wsup.closed_with(frame.code if frame is not None else 1006)
         super().connection_lost(exc)
         self.wsup.lost()
 
