@@ -1,0 +1,125 @@
+"""Real ``redis-server`` and ``haproxy`` processes for the several-hosts tests and benchmark, on free ports.
+
+Each simulated host is a wsup instance bound to its own 127.0.0.x address; what would be separate machines share
+this one. A test that needs a program this machine lacks is skipped with the reason (``.ci/run`` installs them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.wsup_harness import free_port, wait_until
+
+
+def need(program: str) -> str:
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/usr/bin:/sbin")
+    if path is None:
+        pytest.skip(f"{program} is not installed (apt-get install {program}; .ci/run installs it)")
+    return path
+
+
+def port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+class RedisServer:
+    """One ``redis-server`` on 127.0.0.1, no persistence; ``stop`` and ``start`` again keep its port."""
+
+    def __init__(self, password: str | None = None, port: int | None = None) -> None:
+        self.binary = need("redis-server")
+        self.port = port or free_port()
+        self.password = password
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open("127.0.0.1", self.port), 15, 0.05, "redis-server listening")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@contextlib.contextmanager
+def redis_server(password: str | None = None) -> Iterator[RedisServer]:
+    server = RedisServer(password).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+HAPROXY_CONFIG = """\
+global
+    maxconn 10000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    timeout tunnel 1h
+frontend front
+    bind 127.0.0.1:{port}
+    default_backend hosts
+backend hosts
+    balance {balance}
+{servers}
+"""
+
+
+class HAProxy:
+    """``haproxy`` in front of ``hosts`` ((address, port, agent_port) each), on 127.0.0.1:``port``."""
+
+    def __init__(self, hosts: list[tuple[str, int, int | None]], balance: str = "leastconn", inter_ms: int = 200):
+        self.binary = need("haproxy")
+        self.port = free_port()
+        lines = []
+        for index, (address, port, agent_port) in enumerate(hosts):
+            agent = f" agent-check agent-port {agent_port} agent-inter {inter_ms}ms" if agent_port else ""
+            lines.append(f"    server h{index} {address}:{port} weight 100 check inter {inter_ms}ms{agent}")
+        self.directory = Path(tempfile.mkdtemp(prefix="wsup-hap", dir="/tmp"))
+        self.config = self.directory / "haproxy.cfg"
+        self.config.write_text(HAPROXY_CONFIG.format(port=self.port, balance=balance, servers="\n".join(lines)))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> HAProxy:
+        self.proc = subprocess.Popen(
+            [self.binary, "-db", "-f", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_until(lambda: port_open("127.0.0.1", self.port), 15, 0.05, "haproxy listening")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def agent_answer(host: str, port: int) -> str:
+    """Ask an agent-check port what HAProxy would hear."""
+    with socket.create_connection((host, port), timeout=5) as sock:
+        data = b""
+        while chunk := sock.recv(256):
+            data += chunk
+    return data.decode("ascii").strip()
