@@ -6,16 +6,19 @@ Read by the CLI (which builds it from options) and by the supervisor process; li
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ipc.bridge_wire import BridgeAddress, check_prefix, default_prefix
 from ipc.errors import ConfigError
 from ipc.settings import WorkerSettings, check_range
 
 BALANCE_MODES = ("least-conn", "hash")
 MAX_WORKERS = 128  # the steering program addresses slots with 8-bit jumps; far beyond any one host's need
+AGENT_CAPACITY_PER_WORKER = 1000  # default --agent-capacity: connections per worker at which the agent weight is 1%
 
 
 def parse_instances(value: str, option: str = "-i/--instances") -> int:
@@ -46,6 +49,12 @@ class SupervisorConfig:
     stall_after: float = 1.0
     backlog: int = 2048
     reload_batch: int = 1
+    # Several hosts (docs: "Several hosts"). The bridge URL may hold a password: never print this field.
+    bridge: str | None = dataclasses.field(default=None, repr=False)
+    bridge_prefix: str | None = None  # default wsup:<name>:
+    agent_port: int | None = None  # HAProxy agent-check; 0 picks a free port (shown in status)
+    agent_host: str | None = None  # default: --host
+    agent_capacity: int | None = None  # default AGENT_CAPACITY_PER_WORKER per worker
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= MAX_WORKERS:
@@ -61,6 +70,35 @@ class SupervisorConfig:
         check_range("backlog", self.backlog, 1, 1 << 20)
         if self.reload_batch < 1:
             raise ConfigError(f"--reload-batch must be at least 1, got {self.reload_batch}")
+        if self.bridge is not None:
+            BridgeAddress.parse(self.bridge)
+            if importlib.util.find_spec("redis") is None:
+                raise ConfigError("--bridge needs the redis client: pip install 'wsup[redis]'")
+        if self.bridge_prefix is not None:
+            check_prefix(self.bridge_prefix)
+        if self.agent_port is not None:
+            check_range("agent_port", self.agent_port, 0, 65535)
+        if self.agent_capacity is not None:
+            check_range("agent_capacity", self.agent_capacity, 1, 1 << 30)
+
+    @property
+    def bridge_address(self) -> BridgeAddress | None:
+        """The parsed --bridge (its password from the URL or WSUP_BRIDGE_PASSWORD), or None."""
+        return BridgeAddress.parse(self.bridge) if self.bridge is not None else None
+
+    @property
+    def channel_prefix(self) -> str:
+        return self.bridge_prefix if self.bridge_prefix is not None else default_prefix(self.name)
+
+    @property
+    def agent_address(self) -> tuple[str, int] | None:
+        if self.agent_port is None:
+            return None
+        return (self.agent_host or self.host, self.agent_port)
+
+    @property
+    def capacity(self) -> int:
+        return self.agent_capacity or AGENT_CAPACITY_PER_WORKER * self.workers
 
     @property
     def app(self) -> str:

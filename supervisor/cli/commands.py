@@ -30,6 +30,7 @@ START_OPTIONS = frozenset(
     {"app", "instances", "name", "host", "port", "factory", "app_dir", "log_level", "access_log", "balance"}
     | {"graceful_timeout", "ready_timeout", "heartbeat_timeout", "ws_drain_window", "reload_batch"}
     | {"bus_queue", "bus_policy", "bus_max_bytes", "bus_coalesce_ms"}
+    | {"bridge", "bridge_prefix", "agent_port", "agent_host", "agent_capacity"}
 )
 CONTROL_TIMEOUT_S = 5.0
 
@@ -99,6 +100,19 @@ def publish(
         except orjson.JSONDecodeError as exc:
             raise ConfigError(f"--json: MESSAGE is not valid JSON: {exc}") from None
     return publish_to_instance(channel, text, name=name, timeout=timeout)
+
+
+def drain(
+    name: str | None, *, move_websockets: bool, window: float | None, timeout: float = CONTROL_TIMEOUT_S
+) -> dict[str, Any]:
+    """``wsup drain``: the balancer in front sends no new connections; optionally move the WebSockets away."""
+    paths = find_instance(name)
+    return control.call(paths.control, "drain", {"move_websockets": move_websockets, "window": window}, timeout=timeout)
+
+
+def resume(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+    paths = find_instance(name)
+    return control.call(paths.control, "resume", timeout=timeout)
 
 
 def stop(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> str:

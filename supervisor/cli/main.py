@@ -89,6 +89,20 @@ def _add_start_options(start: argparse.ArgumentParser) -> None:
         help="under load, send each client the broadcasts of this window in one write"
         f" (0: never; default {d['bus_coalesce_ms']:g})",
     )
+    start.add_argument(
+        "--bridge",
+        metavar="URL",
+        help="relay the bus between hosts through Redis: redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://"
+        " (the password may come from WSUP_BRIDGE_PASSWORD instead)",
+    )
+    start.add_argument("--bridge-prefix", help="prefix of the Redis channels (default wsup:NAME:)")
+    start.add_argument("--agent-port", type=int, help="answer HAProxy's agent-check on this port (0 picks one)")
+    start.add_argument("--agent-host", help="address the agent-check listens on (default: --host)")
+    start.add_argument(
+        "--agent-capacity",
+        type=int,
+        help="connections at which the agent's weight bottoms out (default 1000 per worker)",
+    )
     start.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -123,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("message", metavar="MESSAGE", help="the message, as text ('-' reads it from stdin)")
     publish.add_argument("--json", action="store_true", help="MESSAGE is JSON: check it and send it as JSON text")
     _add_name(publish)
+
+    drain = sub.add_parser("drain", help="take no new connections from the balancer (a rolling deploy of hosts)")
+    drain.add_argument(
+        "--move-websockets", action="store_true", help="also close WebSockets with 1012 so they reconnect elsewhere"
+    )
+    drain.add_argument("--window", type=float, help="spread those closes over S seconds (default --ws-drain-window)")
+    _add_name(drain)
+    resume = sub.add_parser("resume", help="undo drain: take new connections again")
+    _add_name(resume)
     return parser
 
 
@@ -222,7 +245,23 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drain(args: argparse.Namespace) -> int:
+    result = commands.drain(args.name, move_websockets=args.move_websockets, window=args.window, timeout=args.timeout)
+    moved = ""
+    if args.move_websockets:
+        moved = f", moving {result['moved_websockets']} WebSockets over {result['window_s']:g}s"
+    print(f"wsup: draining{moved}")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    result = commands.resume(args.name, args.timeout)
+    print("wsup: resumed" if result["was_draining"] else "wsup: was not draining")
+    return 0
+
+
 COMMANDS.update(status=_status, stop=_stop, reload=_reload, restart=_restart, scale=_scale, publish=_publish)
+COMMANDS.update(drain=_drain, resume=_resume)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

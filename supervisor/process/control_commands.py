@@ -33,6 +33,8 @@ class ControlCommands:
             "scale": self.scale,
             "restart": self.restart,
             "publish": self.publish,
+            "drain": self.drain,
+            "resume": self.resume,
         }
 
     async def handle(self, request: Request, progress: ProgressSink) -> JSONObject:
@@ -51,7 +53,7 @@ class ControlCommands:
     def snapshot(self) -> dict[str, Any]:
         sup = self.sup
         fleet = sup.fleet
-        return build_status(
+        document = build_status(
             info={**sup.info, "operation": sup.operations.running, "stopping": fleet.stopping},
             fleet=fleet,
             balance=sup.steering.describe(),
@@ -65,6 +67,10 @@ class ControlCommands:
             started_at=sup.started_at,
             errors=sup.tasks.errors.describe(),
         )
+        document["host_drain"] = sup.host_drain.describe()
+        document["bridge"] = sup.bridge.describe() if sup.bridge is not None else None
+        document["agent"] = sup.agent.describe() if sup.agent is not None else None
+        return document
 
     async def stop(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
         sup = self.sup
@@ -90,3 +96,15 @@ class ControlCommands:
 
     async def publish(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
         return self.sup.bus.handle_command(args)
+
+    async def drain(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
+        move = args.get("move_websockets", False)
+        window = args.get("window")
+        if not isinstance(move, bool):
+            raise ConfigError(f"drain move_websockets must be true or false, got {move!r}")
+        if window is not None and (not isinstance(window, int | float) or isinstance(window, bool)):
+            raise ConfigError(f"drain --window must be a number of seconds, got {window!r}")
+        return self.sup.host_drain.start(move_websockets=move, window=None if window is None else float(window))
+
+    async def resume(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
+        return self.sup.host_drain.resume()

@@ -26,6 +26,40 @@ class DrainResult:
     seconds: float
 
 
+def spread_closes(
+    websockets: list[WsupWebSocketProtocol], close_code: int, window_s: float
+) -> list[asyncio.TimerHandle]:
+    """Close ``websockets`` one by one across ``window_s``, so clients reconnect over the window, not in one
+    stampede. Returns the scheduled closes (a cancelled move cancels the ones not done yet)."""
+    if not websockets:
+        return []
+    loop = asyncio.get_running_loop()
+    step = window_s / len(websockets)
+    return [loop.call_later(index * step, ws.close_with, close_code) for index, ws in enumerate(websockets)]
+
+
+class WebSocketMover:
+    """``wsup drain --move-websockets`` inside a worker: close the WebSockets open now with 1012 across a window,
+    and go on serving (new connections, HTTP, WebSockets opened afterwards)."""
+
+    def __init__(self) -> None:
+        self._pending: list[asyncio.TimerHandle] = []
+        self.moves = 0
+
+    def move(self, server: uvicorn.Server, close_code: int, window_s: float) -> int:
+        self.cancel()
+        websockets = [c for c in server.server_state.connections if isinstance(c, WsupWebSocketProtocol)]
+        self._pending = spread_closes(websockets, close_code, window_s)
+        self.moves += 1
+        logger.info("moving %d WebSockets to other hosts over %.1fs", len(websockets), window_s)
+        return len(websockets)
+
+    def cancel(self) -> None:
+        for handle in self._pending:
+            handle.cancel()
+        self._pending = []
+
+
 def _all_done(server: uvicorn.Server) -> bool:
     return not server.server_state.connections and not server.server_state.tasks
 
@@ -55,11 +89,7 @@ async def drain(
             conn.close_if_idle_after(idle_grace_s)
         else:
             conn.cycle.keep_alive = False
-    if websockets:
-        # Spread the closes so clients reconnect over the window, not in one stampede.
-        step = ws_window_s / len(websockets)
-        for index, ws in enumerate(websockets):
-            loop.call_later(index * step, ws.close_with, close_code)
+    spread_closes(websockets, close_code, ws_window_s)
     logger.info(
         "draining: %d HTTP and %d WebSocket connections, %d tasks",
         len(http),

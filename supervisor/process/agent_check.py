@@ -1,0 +1,107 @@
+"""HAProxy's agent-check, answered by the supervisor (supervised task ``agent``): one ASCII line per TCP connection
+that tells the balancer in front whether to send this host new connections, and with which weight.
+
+The answer is computed by ``agent_reply`` (pure) from the instance's live numbers. HAProxy applies a percentage
+to the server's configured weight (``weight 100`` on the ``server`` line gives it a useful resolution), and
+``ready`` lifts a ``drain`` or ``maint`` state an earlier answer set, so every "up" answer carries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ipc.errors import StartupError
+
+logger = logging.getLogger("wsup.agent")
+
+MIN_WEIGHT_PERCENT: Final = 1  # a full host still takes a trickle rather than none: 0% would mean "drain"
+WRITE_TIMEOUT_S: Final = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class HostLoad:
+    """What the agent's answer is computed from: read from the fleet when HAProxy asks."""
+
+    workers: int  # slots
+    ready: int  # slots whose worker serves
+    connections: int  # live HTTP and WebSocket connections of every worker, draining ones included
+    draining: bool  # `wsup drain`
+    stopping: bool
+
+
+def agent_reply(load: HostLoad, capacity: int) -> str:
+    """The agent-check line for ``load``; ``capacity`` is the connection count at which the weight is lowest.
+
+    The weight falls with the host's share of ready workers and with its live connections, all of them, including
+    those that did not come through this balancer (another balancer, direct clients, connections kept across a
+    balancer restart): leastconn then weighs what HAProxy sees by what the host really holds.
+    """
+    if load.stopping:
+        return "down#stopping\n"
+    if load.draining:
+        return "drain\n"
+    if load.workers <= 0 or load.ready <= 0:
+        return "down#no worker ready\n"
+    share = min(load.ready, load.workers) / load.workers
+    room = max(0.0, 1.0 - max(0, load.connections) / max(1, capacity))
+    weight = max(MIN_WEIGHT_PERCENT, min(100, round(100 * share * room)))
+    return f"up ready {weight}%\n"
+
+
+class AgentServer:
+    """Listens on ``--agent-host:--agent-port`` and writes one ``agent_reply`` per connection."""
+
+    def __init__(self, host: str, port: int, load: Callable[[], HostLoad], capacity: int) -> None:
+        self.host = host
+        self.port = port
+        self.capacity = capacity
+        self.answers = 0
+        self.last: str | None = None
+        self._load = load
+        self._server: asyncio.Server | None = None
+
+    async def open(self) -> None:
+        try:
+            self._server = await asyncio.start_server(self._answer, self.host, self.port, reuse_address=True)
+        except OSError as exc:
+            raise StartupError(f"cannot listen for HAProxy's agent-check on {self.host}:{self.port}: {exc}") from None
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def serve(self) -> None:
+        if self._server is None:
+            await self.open()
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # HAProxy may send an `agent-send` string first; nothing in it changes the answer, so it is not read.
+        try:
+            line = agent_reply(self._load(), self.capacity)
+            writer.write(line.encode("ascii"))
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+            self.answers += 1
+            self.last = line.strip()
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), WRITE_TIMEOUT_S)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "address": f"{self.host}:{self.port}",
+            "capacity": self.capacity,
+            "answers": self.answers,
+            "last": self.last,
+            "now": agent_reply(self._load(), self.capacity).strip(),
+        }
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()

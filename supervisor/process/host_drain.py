@@ -1,0 +1,83 @@
+"""Whether this host is draining (`wsup drain` / `wsup resume`): THE one place that says so.
+
+While ``HostDrain.active`` is true, the agent-check answers ``drain`` (HAProxy sends no new connections; those open
+stay) and the HTTP health answer must say 503. With ``move_websockets`` every serving worker also closes its
+WebSockets with 1012 across the window (``ipc.signals.MOVE_WEBSOCKETS``) and goes on serving, so clients reconnect
+through the balancer to the other hosts. ``resume`` ends it and cancels the closes not yet done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from ipc.counters import MAX_MOVE_WINDOW_MS
+from ipc.errors import ConfigError
+from ipc.signals import MOVE_WEBSOCKETS
+from supervisor.process.slots import WorkerHandle
+from supervisor.process.worker_state import WorkerState
+
+logger = logging.getLogger("wsup.supervisor")
+MAX_WINDOW_S: Final = MAX_MOVE_WINDOW_MS / 1000
+
+
+class HostDrain:
+    def __init__(self, serving: Callable[[], Iterable[WorkerHandle]], default_window: float) -> None:
+        self.active = False
+        self.since: float | None = None  # wall clock, for status
+        self.move_websockets = False
+        self.window: float | None = None
+        self.moved_from: dict[int, int] = {}  # pid -> its WebSockets when the move was asked (from its report)
+        self._serving = serving
+        self._default_window = default_window
+
+    def start(self, *, move_websockets: bool, window: float | None) -> dict[str, Any]:
+        if window is not None and (not 0 <= window <= MAX_WINDOW_S or window != window):
+            raise ConfigError(f"drain --window must be between 0 and {MAX_WINDOW_S:g} seconds, got {window}")
+        if not self.active:
+            self.since = time.time()
+        self.active = True
+        logger.info("host draining%s", " and moving its WebSockets" if move_websockets else "")
+        if move_websockets:
+            self.move_websockets = True
+            self.window = self._default_window if window is None else window
+            self.moved_from = {}
+            for worker in self._signalled(self.window):
+                self.moved_from[worker.pid] = worker.last_counts().get("websocket", 0)
+        return self.describe()
+
+    def resume(self) -> dict[str, Any]:
+        was = self.active
+        if self.move_websockets:
+            self._signalled(None)  # cancel the closes not done yet
+        self.active = False
+        self.since = None
+        self.move_websockets = False
+        self.window = None
+        if was:
+            logger.info("host resumed: taking new connections again")
+        return {**self.describe(), "was_draining": was}
+
+    def _signalled(self, window: float | None) -> list[WorkerHandle]:
+        sent = []
+        for worker in self._serving():
+            if worker.state is not WorkerState.READY or worker.counters is None:
+                continue  # a starting worker has no WebSocket to move; a draining one is closing them already
+            worker.counters.request_move(window)
+            send = getattr(worker, "send_signal", None)
+            if send is not None:
+                send(MOVE_WEBSOCKETS)
+                sent.append(worker)
+        return sent
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "draining": self.active,
+            "since": self.since,
+            "move_websockets": self.move_websockets,
+            "window_s": self.window,
+            "moved_workers": len(self.moved_from),
+            "moved_websockets": sum(self.moved_from.values()),
+        }
