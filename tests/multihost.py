@@ -71,7 +71,8 @@ def redis_server(password: str | None = None) -> Iterator[RedisServer]:
 
 HAPROXY_CONFIG = """\
 global
-    maxconn 10000
+    maxconn 4000
+    stats socket {stats} mode 600 level admin
 defaults
     mode http
     timeout connect 5s
@@ -99,7 +100,10 @@ class HAProxy:
             lines.append(f"    server h{index} {address}:{port} weight 100 check inter {inter_ms}ms{agent}")
         self.directory = Path(tempfile.mkdtemp(prefix="wsup-hap", dir="/tmp"))
         self.config = self.directory / "haproxy.cfg"
-        self.config.write_text(HAPROXY_CONFIG.format(port=self.port, balance=balance, servers="\n".join(lines)))
+        self.stats = self.directory / "stats.sock"
+        self.config.write_text(
+            HAPROXY_CONFIG.format(port=self.port, balance=balance, servers="\n".join(lines), stats=self.stats)
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> HAProxy:
@@ -108,6 +112,20 @@ class HAProxy:
         )
         wait_until(lambda: port_open("127.0.0.1", self.port), 15, 0.05, "haproxy listening")
         return self
+
+    def servers(self) -> dict[str, dict[str, str]]:
+        """``show stat`` of the backend's servers: name -> {"status": "UP"/"DRAIN"/..., "weight": ..., "scur": ...}."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.stats))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        lines = data.decode().splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+        return {row["svname"]: row for row in rows if row.get("pxname") == "hosts" and row["svname"] != "BACKEND"}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

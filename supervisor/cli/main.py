@@ -249,7 +249,7 @@ def _drain(args: argparse.Namespace) -> int:
     result = commands.drain(args.name, move_websockets=args.move_websockets, window=args.window, timeout=args.timeout)
     moved = ""
     if args.move_websockets:
-        moved = f", moving {result['moved_websockets']} WebSockets over {result['window_s']:g}s"
+        moved = f", moving its WebSockets over {result['window_s']:g}s ({result['move']})"
     print(f"wsup: draining{moved}")
     return 0
 

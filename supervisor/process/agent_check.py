@@ -64,6 +64,7 @@ class AgentServer:
         self.last: str | None = None
         self._load = load
         self._server: asyncio.Server | None = None
+        self._drain_heard: list[asyncio.Future[None]] = []
 
     async def open(self) -> None:
         try:
@@ -86,12 +87,33 @@ class AgentServer:
             await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
             self.answers += 1
             self.last = line.strip()
+            if line.startswith("drain"):
+                self._wake_drain_waiters()
         except (OSError, TimeoutError):
             pass
         finally:
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), WRITE_TIMEOUT_S)
+
+    async def drain_heard(self, timeout: float) -> bool:
+        """Wait until a balancer has been told ``drain`` (its next agent check); False if none asked in time."""
+        heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._drain_heard.append(heard)
+        try:
+            await asyncio.wait_for(heard, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if heard in self._drain_heard:
+                self._drain_heard.remove(heard)
+
+    def _wake_drain_waiters(self) -> None:
+        for waiter in self._drain_heard:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_heard.clear()
 
     def describe(self) -> dict[str, Any]:
         return {

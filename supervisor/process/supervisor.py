@@ -88,7 +88,8 @@ class Supervisor:
                 before_close=self.arrivals.disarm,
             )
             stack.callback(self._kill_leftovers)
-            self.host_drain = HostDrain(self._serving, config.worker.ws_drain_window)
+            heard = self._balancer_heard if config.agent_address is not None else None
+            self.host_drain = HostDrain(self._serving, config.worker.ws_drain_window, self.tasks.spawn, heard)
             await self._open_multihost(context, stack)
             self.operations = Operations(self.fleet, config.reload_batch)
             self.commands = ControlCommands(self)
@@ -157,6 +158,9 @@ class Supervisor:
             self.tasks.supervise("bridge-redis", RedisLink(bridge).run)
         if self.agent is not None:
             self.tasks.supervise("agent", self.agent.serve)
+
+    async def _balancer_heard(self, timeout: float) -> bool:
+        return await self.agent.drain_heard(timeout) if self.agent is not None else False
 
     def _serving(self) -> list[WorkerHandle]:
         return [slot.worker for slot in self.fleet.slots if slot.worker is not None]
