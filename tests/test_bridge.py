@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.multihost import RedisServer, redis_server
@@ -189,8 +188,7 @@ def test_redis_restart_keeps_local_delivery_and_resumes_across_hosts(start_wsup:
         redis.stop()
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis://", "redis://h:99999", "redis://h/x"])
-def test_bad_bridge_urls_are_one_line_errors(url: str, wsup_env: dict[str, str]) -> None:
-    result = run_cli("start", APP, "--bridge", url, env=wsup_env, timeout=30)
+def test_a_bad_bridge_url_is_a_one_line_error(wsup_env: dict[str, str]) -> None:
+    result = run_cli("start", APP, "--bridge", "redis://h:99999", env=wsup_env, timeout=30)
     assert result.returncode != 0
     assert result.stderr.startswith("wsup: --bridge") and result.stderr.count("\n") == 1, result.stderr
