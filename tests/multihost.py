@@ -6,15 +6,19 @@ this one. A test that needs a program this machine lacks is skipped with the rea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidHandshake, WebSocketException
 
 from tests.wsup_harness import free_port, wait_until
 
@@ -141,3 +145,40 @@ def agent_answer(host: str, port: int) -> str:
         while chunk := sock.recv(256):
             data += chunk
     return data.decode("ascii").strip()
+
+
+class Roamer:
+    """A client that reconnects through the balancer whenever the server closes it, as a browser app does."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.pids: list[int] = []
+        self.close_codes: list[int | None] = []
+        self.failed_connects = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                ws = await connect(self.url, open_timeout=30, ping_interval=None)
+                self.pids.append(int(orjson.loads(await asyncio.wait_for(ws.recv(), 30))["pid"]))
+            except (OSError, TimeoutError, InvalidHandshake, WebSocketException):
+                self.failed_connects += 1
+                await asyncio.sleep(0.1)
+                continue
+            stopping = asyncio.ensure_future(stop.wait())
+            closed = asyncio.ensure_future(ws.wait_closed())
+            await asyncio.wait([stopping, closed], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if closed.done():
+                self.close_codes.append(ws.close_code)
+            else:
+                await ws.close()
+                closed.cancel()
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)

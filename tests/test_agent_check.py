@@ -79,6 +79,8 @@ def test_a_real_instance_answers_through_its_life(
     assert agent_answer(host, agent_port) == "drain"
     status = instance.status()
     assert status["host_drain"]["draining"] is True and status["agent"]["now"] == "drain"
+    text = instance.cli("status", "--name", "agent").stdout
+    assert "DRAINING" in text and f"agent-check on 127.0.0.1:{agent_port}: 'drain'" in text, text
     assert instance.cli("resume", "--name", "agent").returncode == 0
     assert agent_answer(host, agent_port).startswith("up ready ")
     assert instance.status()["host_drain"]["draining"] is False

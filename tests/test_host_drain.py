@@ -7,41 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import orjson
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidHandshake, WebSocketException
-
-from tests.multihost import HAProxy, need
+from tests.multihost import HAProxy, Roamer, need, until
 from tests.wsup_harness import Instance, free_port, wait_until
-
-
-class Roamer:
-    """A client that reconnects through the balancer whenever the server closes it, as a browser app does."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.pids: list[int] = []
-        self.close_codes: list[int | None] = []
-        self.failed_connects = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                ws = await connect(self.url, open_timeout=30, ping_interval=None)
-                self.pids.append(int(orjson.loads(await asyncio.wait_for(ws.recv(), 30))["pid"]))
-            except (OSError, TimeoutError, InvalidHandshake, WebSocketException):
-                self.failed_connects += 1
-                await asyncio.sleep(0.1)
-                continue
-            stopping = asyncio.ensure_future(stop.wait())
-            closed = asyncio.ensure_future(ws.wait_closed())
-            await asyncio.wait([stopping, closed], return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if closed.done():
-                self.close_codes.append(ws.close_code)
-            else:
-                await ws.close()
-                closed.cancel()
 
 
 def ready_pids(instance: Instance) -> set[int]:
@@ -75,13 +42,13 @@ def test_drain_moves_websockets_to_the_other_host_and_resume_brings_them_back(
             roamers = [Roamer(url) for _ in range(20)]
             tasks = [asyncio.create_task(r.run(stop)) for r in roamers]
             try:
-                await _until(lambda: all(r.pids for r in roamers), "20 clients connected")
+                await until(lambda: all(r.pids for r in roamers), "20 clients connected")
                 on_h1 = [r for r in roamers if r.pids[0] in pids1]
                 assert on_h1 and len(on_h1) < 20, [r.pids for r in roamers]  # leastconn spread them
 
                 drained = await asyncio.to_thread(h1.cli, "drain", "--name", "h1", "--move-websockets", "--window", "1")
                 assert drained.returncode == 0, drained.stderr
-                await _until(lambda: all(len(r.pids) == 2 for r in on_h1), "moved clients reconnected")
+                await until(lambda: all(len(r.pids) == 2 for r in on_h1), "moved clients reconnected")
                 for roamer in on_h1:
                     assert roamer.close_codes == [1012] and roamer.pids[1] in pids2, (roamer.pids, roamer.close_codes)
                 assert all(len(r.pids) == 1 for r in roamers if r not in on_h1)  # the others were left alone
@@ -98,7 +65,7 @@ def test_drain_moves_websockets_to_the_other_host_and_resume_brings_them_back(
                 # h1 holds none, h2 holds 20: leastconn sends the next ones to h1.
                 newcomers = [Roamer(url) for _ in range(5)]
                 tasks += [asyncio.create_task(r.run(stop)) for r in newcomers]
-                await _until(lambda: all(r.pids for r in newcomers), "newcomers connected")
+                await until(lambda: all(r.pids for r in newcomers), "newcomers connected")
                 assert all(r.pids[0] in pids1 for r in newcomers), [r.pids for r in newcomers]
             finally:
                 stop.set()
@@ -112,11 +79,3 @@ def test_drain_moves_websockets_to_the_other_host_and_resume_brings_them_back(
         assert ready_pids(h1).isdisjoint(pids1)
     finally:
         haproxy.stop()
-
-
-async def _until(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)

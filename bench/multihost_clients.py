@@ -1,0 +1,95 @@
+"""Clients of the several-hosts benchmark (bench/multihost.py), one process per simulated host.
+
+Each process holds the host's subscribers (``/sub`` of ``broadcast_apps.wsup_app``) and one publisher (``/pub``),
+all connected straight to that host's address. On ``("step", rate, seconds)`` its publisher sends ``rate`` msg/s
+of ``"<publisher> <seq> <unix time>"``; after a grace period it answers with what its subscribers received:
+per publisher and sequence, how many of them got it and when the first did, and every latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from multiprocessing.connection import Connection
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+GRACE_S = 2.0
+
+
+class HostClients:
+    def __init__(self, address: str, port: int, publisher: int, subscribers: int) -> None:
+        self.base = f"ws://{address}:{port}"
+        self.publisher_id = publisher
+        self.count = subscribers
+        self.subs: list[ClientConnection] = []
+        self.pub: ClientConnection | None = None
+        self.received: dict[tuple[int, int], list[float]] = defaultdict(list)  # (publisher, seq) -> receive times
+        self.latencies: list[float] = []
+        self.recording = False
+
+    async def connect(self) -> None:
+        gate = asyncio.Semaphore(20)
+
+        async def one() -> ClientConnection:
+            async with gate:
+                ws = await connect(f"{self.base}/sub", open_timeout=60, ping_interval=None, max_queue=None)
+                assert (await ws.recv()).startswith("ready")
+                return ws
+
+        self.subs = list(await asyncio.gather(*(one() for _ in range(self.count))))
+        self.pub = await connect(f"{self.base}/pub", open_timeout=60, ping_interval=None)
+        await self.pub.recv()
+        for ws in self.subs:
+            asyncio.create_task(self._read(ws))
+
+    async def _read(self, ws: ClientConnection) -> None:
+        async for text in ws:
+            now = time.time()
+            publisher, seq, sent = str(text).split(" ")
+            if self.recording:
+                self.received[(int(publisher), int(seq))].append(now)
+                self.latencies.append(now - float(sent))
+
+    async def step(self, rate: float, seconds: float) -> dict[str, Any]:
+        assert self.pub is not None
+        self.received.clear()
+        self.latencies = []
+        self.recording = True
+        sent_at: dict[int, float] = {}
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        total = int(rate * seconds)
+        for seq in range(1, total + 1):
+            delay = start + (seq - 1) / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = time.time()
+            sent_at[seq] = now
+            await self.pub.send(f"{self.publisher_id} {seq} {now:.6f}")
+        behind = loop.time() - (start + seconds)
+        await asyncio.sleep(GRACE_S)
+        self.recording = False
+        return {
+            "publisher": self.publisher_id,
+            "sent": sent_at,
+            "behind_s": behind,
+            "received": {key: (len(times), min(times)) for key, times in self.received.items()},
+            "latencies": self.latencies,
+        }
+
+
+def process_main(address: str, port: int, publisher: int, subscribers: int, conn: Connection) -> None:
+    async def main() -> None:
+        clients = HostClients(address, port, publisher, subscribers)
+        await clients.connect()
+        conn.send("ready")
+        while True:
+            command = await asyncio.to_thread(conn.recv)
+            if command[0] == "stop":
+                return
+            conn.send(await clients.step(command[1], command[2]))
+
+    asyncio.run(main())
