@@ -147,6 +147,13 @@ def agent_answer(host: str, port: int) -> str:
     return data.decode("ascii").strip()
 
 
+def pid_in_greeting(greeting: str | bytes) -> int:
+    """The worker pid a server greets with: ``{"type": "hello", "pid": N}`` (app:asgi) or ``ready N`` (bench)."""
+    if isinstance(greeting, str) and greeting.startswith("ready "):
+        return int(greeting.split(" ")[1])
+    return int(orjson.loads(greeting)["pid"])
+
+
 class Roamer:
     """A client that reconnects through the balancer whenever the server closes it, as a browser app does."""
 
@@ -160,7 +167,7 @@ class Roamer:
         while not stop.is_set():
             try:
                 ws = await connect(self.url, open_timeout=30, ping_interval=None)
-                self.pids.append(int(orjson.loads(await asyncio.wait_for(ws.recv(), 30))["pid"]))
+                self.pids.append(pid_in_greeting(await asyncio.wait_for(ws.recv(), 30)))
             except (OSError, TimeoutError, InvalidHandshake, WebSocketException):
                 self.failed_connects += 1
                 await asyncio.sleep(0.1)
