@@ -51,7 +51,7 @@ WSUP = [sys.executable, str(REPO / "bin" / "wsup")]
 class Hosts:
     """Three wsup instances, each its own "host" (name h1..h3, same bridge prefix, same port, same agent port)."""
 
-    def __init__(self, redis: RedisServer, capacity: int) -> None:
+    def __init__(self, redis: RedisServer) -> None:
         self.run_dir = Path(tempfile.mkdtemp(prefix="wsup-mh", dir="/tmp"))
         self.env = {**os.environ, "WSUP_RUN_DIR": str(self.run_dir)}
         self.port, self.agent_port = free_port(), free_port()
@@ -60,7 +60,6 @@ class Hosts:
             args = ["start", "broadcast_apps:wsup_app", "--app-dir", "bench", "--name", f"h{index + 1}"]
             args += ["--host", address, "--port", str(self.port), "--no-access-log", "--log-level", "warning"]
             args += ["--bridge", redis.url, "--bridge-prefix", "wsup:bench:", "--agent-port", str(self.agent_port)]
-            args += ["--agent-capacity", str(capacity)]
             log = open(self.run_dir / f"h{index + 1}.log", "wb")
             self.procs.append(subprocess.Popen([*WSUP, *args], env=self.env, cwd=REPO, stdout=log, stderr=log))
         for index in range(3):
@@ -291,11 +290,10 @@ def main() -> None:
     parser.add_argument("--rates", default="30,60,120,240,480", help="total msg/s steps of the broadcast phase")
     parser.add_argument("--step-s", type=float, default=4.0)
     parser.add_argument("--outage-rate", type=float, default=30.0)
-    parser.add_argument("--capacity", type=int, default=300, help="--agent-capacity of each host")
     args = parser.parse_args()
     phases = args.phases.split(",")
     redis = RedisServer().start()
-    hosts = Hosts(redis, args.capacity)
+    hosts = Hosts(redis)
     results: dict[str, Any] = {}
     try:
         if "broadcast" in phases:

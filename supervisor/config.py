@@ -18,7 +18,6 @@ from ipc.settings import WorkerSettings, check_range
 
 BALANCE_MODES = ("least-conn", "hash")
 MAX_WORKERS = 128  # the steering program addresses slots with 8-bit jumps; far beyond any one host's need
-AGENT_CAPACITY_PER_WORKER = 1000  # default --agent-capacity: connections per worker at which the agent weight is 1%
 
 
 def parse_instances(value: str, option: str = "-i/--instances") -> int:
@@ -54,7 +53,6 @@ class SupervisorConfig:
     bridge_prefix: str | None = None  # default wsup:<name>:
     agent_port: int | None = None  # HAProxy agent-check; 0 picks a free port (shown in status)
     agent_host: str | None = None  # default: --host
-    agent_capacity: int | None = None  # default AGENT_CAPACITY_PER_WORKER per worker
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= MAX_WORKERS:
@@ -78,8 +76,6 @@ class SupervisorConfig:
             check_prefix(self.bridge_prefix)
         if self.agent_port is not None:
             check_range("agent_port", self.agent_port, 0, 65535)
-        if self.agent_capacity is not None:
-            check_range("agent_capacity", self.agent_capacity, 1, 1 << 30)
 
     @property
     def bridge_address(self) -> BridgeAddress | None:
@@ -95,10 +91,6 @@ class SupervisorConfig:
         if self.agent_port is None:
             return None
         return (self.agent_host or self.host, self.agent_port)
-
-    @property
-    def capacity(self) -> int:
-        return self.agent_capacity or AGENT_CAPACITY_PER_WORKER * self.workers
 
     @property
     def app(self) -> str:

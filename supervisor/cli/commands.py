@@ -30,7 +30,7 @@ START_OPTIONS = frozenset(
     {"app", "instances", "name", "host", "port", "factory", "app_dir", "log_level", "access_log", "balance"}
     | {"graceful_timeout", "ready_timeout", "heartbeat_timeout", "ws_drain_window", "reload_batch"}
     | {"bus_queue", "bus_policy", "bus_max_bytes", "bus_coalesce_ms"}
-    | {"bridge", "bridge_prefix", "agent_port", "agent_host", "agent_capacity"}
+    | {"bridge", "bridge_prefix", "agent_port", "agent_host"}
 )
 CONTROL_TIMEOUT_S = 5.0
 

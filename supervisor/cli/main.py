@@ -98,11 +98,6 @@ def _add_start_options(start: argparse.ArgumentParser) -> None:
     start.add_argument("--bridge-prefix", help="prefix of the Redis channels (default wsup:NAME:)")
     start.add_argument("--agent-port", type=int, help="answer HAProxy's agent-check on this port (0 picks one)")
     start.add_argument("--agent-host", help="address the agent-check listens on (default: --host)")
-    start.add_argument(
-        "--agent-capacity",
-        type=int,
-        help="connections at which the agent's weight bottoms out (default 1000 per worker)",
-    )
     start.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
 
 

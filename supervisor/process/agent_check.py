@@ -1,7 +1,8 @@
 """HAProxy's agent-check, answered by the supervisor (supervised task ``agent``): one ASCII line per TCP connection
 that tells the balancer in front whether to send this host new connections, and with which weight.
 
-The answer is computed by ``agent_reply`` (pure) from the instance's live numbers. HAProxy applies a percentage
+The answer is computed by ``agent_reply`` (pure) from the instance's live numbers and from the connections that
+come from the asking balancer's address (``peer_counts``). HAProxy applies a percentage
 to the server's configured weight (``weight 100`` on the ``server`` line gives it a useful resolution), and
 ``ready`` lifts a ``drain`` or ``maint`` state an earlier answer set, so every "up" answer carries it.
 """
@@ -32,14 +33,17 @@ class HostLoad:
     connections: int  # live HTTP and WebSocket connections of every worker, draining ones included
     draining: bool  # `wsup drain`
     stopping: bool
+    from_balancer: int | None = None  # of the connections, those from the asking balancer (None: unknown)
 
 
-def agent_reply(load: HostLoad, capacity: int) -> str:
-    """The agent-check line for ``load``; ``capacity`` is the connection count at which the weight is lowest.
+def agent_reply(load: HostLoad) -> str:
+    """The agent-check line for ``load``.
 
-    The weight falls with the host's share of ready workers and with its live connections, all of them, including
-    those that did not come through this balancer (another balancer, direct clients, connections kept across a
-    balancer restart): leastconn then weighs what HAProxy sees by what the host really holds.
+    HAProxy's leastconn picks the server with the fewest of *its own* connections per unit of weight. The weight
+    is the share of the host's connections that this balancer made ((seen + 1) / (all + 1)), times the share of
+    ready workers: with weight w, HAProxy's (seen + 1) / w is the host's real load, so leastconn balances what the
+    hosts hold, including connections from elsewhere (another balancer, direct clients, connections kept across a
+    balancer restart). A host whose connections all came through this balancer answers 100%.
     """
     if load.stopping:
         return "down#stopping\n"
@@ -48,18 +52,20 @@ def agent_reply(load: HostLoad, capacity: int) -> str:
     if load.workers <= 0 or load.ready <= 0:
         return "down#no worker ready\n"
     share = min(load.ready, load.workers) / load.workers
-    room = max(0.0, 1.0 - max(0, load.connections) / max(1, capacity))
-    weight = max(MIN_WEIGHT_PERCENT, min(100, round(100 * share * room)))
+    seen = 1.0
+    if load.from_balancer is not None:
+        total = max(0, load.connections)
+        seen = (min(max(0, load.from_balancer), total) + 1) / (total + 1)
+    weight = max(MIN_WEIGHT_PERCENT, min(100, round(100 * share * seen)))
     return f"up ready {weight}%\n"
 
 
 class AgentServer:
     """Listens on ``--agent-host:--agent-port`` and writes one ``agent_reply`` per connection."""
 
-    def __init__(self, host: str, port: int, load: Callable[[], HostLoad], capacity: int) -> None:
+    def __init__(self, host: str, port: int, load: Callable[[str], HostLoad]) -> None:
         self.host = host
         self.port = port
-        self.capacity = capacity
         self.answers = 0
         self.last: str | None = None
         self._load = load
@@ -82,7 +88,8 @@ class AgentServer:
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # HAProxy may send an `agent-send` string first; nothing in it changes the answer, so it is not read.
         try:
-            line = agent_reply(self._load(), self.capacity)
+            peer = writer.get_extra_info("peername")
+            line = agent_reply(self._load(peer[0] if peer else ""))
             writer.write(line.encode("ascii"))
             await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
             self.answers += 1
@@ -118,10 +125,9 @@ class AgentServer:
     def describe(self) -> dict[str, Any]:
         return {
             "address": f"{self.host}:{self.port}",
-            "capacity": self.capacity,
             "answers": self.answers,
             "last": self.last,
-            "now": agent_reply(self._load(), self.capacity).strip(),
+            "now": agent_reply(self._load(self.host)).strip(),  # as asked from the agent's own address
         }
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ from supervisor.process.fleet import Fleet, FleetTiming
 from supervisor.process.host_drain import HostDrain
 from supervisor.process.listeners import ListenerGroup, resolve
 from supervisor.process.operations import Operations
+from supervisor.process.peer_counts import PeerCounts
 from supervisor.process.slot_loads import slot_loads
 from supervisor.process.slots import WorkerHandle
 from supervisor.process.tasks import TaskSupervisor
@@ -144,7 +145,8 @@ class Supervisor:
             stack.callback(self.bridge.close)
         agent_address = config.agent_address
         if agent_address is not None:
-            self.agent = AgentServer(*agent_address, load=self._host_load, capacity=config.capacity)
+            self.peers = PeerCounts(self.listeners.address.port)
+            self.agent = AgentServer(*agent_address, load=self._host_load)
             await self.agent.open()
             stack.callback(self.agent.close)
 
@@ -165,11 +167,12 @@ class Supervisor:
     def _serving(self) -> list[WorkerHandle]:
         return [slot.worker for slot in self.fleet.slots if slot.worker is not None]
 
-    def _host_load(self) -> HostLoad:
+    def _host_load(self, balancer: str) -> HostLoad:
         fleet = self.fleet
         ready = sum(1 for worker in self._serving() if worker.state is WorkerState.READY)
         connections = sum(worker.live_connections() for worker in fleet.workers())
-        return HostLoad(len(fleet.slots), ready, connections, self.host_drain.active, fleet.stopping)
+        seen = self.peers.from_peer(balancer)
+        return HostLoad(len(fleet.slots), ready, connections, self.host_drain.active, fleet.stopping, seen)
 
     def _kill_leftovers(self) -> None:
         """The last resort on the way out (the stop already drained them): no worker outlives its supervisor."""
