@@ -187,14 +187,15 @@ def phase_outage(hosts: Hosts, redis: RedisServer, rate: float) -> dict[str, Any
     return row
 
 
-async def _open(url: str, count: int, concurrency: int = 20) -> list[Any]:
+async def _open(url: str, count: int, concurrency: int = 20, source: str | None = None) -> list[Any]:
     from websockets.asyncio.client import connect
 
     gate = asyncio.Semaphore(concurrency)
+    local: dict[str, Any] = {"local_addr": (source, 0)} if source else {}
 
     async def one() -> Any:
         async with gate:
-            ws = await connect(url, open_timeout=60, ping_interval=None)
+            ws = await connect(url, open_timeout=60, ping_interval=None, **local)
             await ws.recv()
             return ws
 
@@ -208,7 +209,8 @@ def phase_balance(hosts: Hosts, agent: bool) -> dict[str, Any]:
         wait_until(lambda: all(s["status"] == "UP" for s in haproxy.servers().values()), 30, 0.2, "UP")
 
         async def scenario() -> list[int]:
-            direct = await _open(f"ws://{ADDRESSES[0]}:{hosts.port}/sub", 200)
+            # From another address than HAProxy's, as clients on other machines would be.
+            direct = await _open(f"ws://{ADDRESSES[0]}:{hosts.port}/sub", 200, source="127.0.0.9")
             if agent:  # the agent's next answers carry A's 200
                 await asyncio.to_thread(wait_until, lambda: haproxy.servers()["h0"]["weight"] != "100", 30, 0.2)
             through = []

@@ -69,14 +69,16 @@ def test_the_kernel_table_is_read_by_local_port_and_remote_address(tmp_path: Pat
         "   2: 0200007F:1F40 0500007F:D433 01 00000000:00000000 00:00000000 00000000     0        0 3 1\n",
         "   3: 0200007F:1F40 0100007F:D434 06 00000000:00000000 00:00000000 00000000     0        0 4 1\n",  # TIME_WAIT
         "   4: 0200007F:1F41 0100007F:D435 01 00000000:00000000 00:00000000 00000000     0        0 5 1\n",  # port
-        "   5: garbage\n",
+        "   5: 0300007F:1F40 0100007F:D437 01 00000000:00000000 00:00000000 00000000     0        0 7 1\n",  # address
+        "   6: garbage\n",
     ]
     table.write_text(header + "".join(rows))
     table6 = tmp_path / "tcp6"
     mapped = "0000000000000000FFFF00000100007F"  # ::ffff:127.0.0.1
     table6.write_text(header + f"   0: {mapped}:1F40 {mapped}:D436 01 0:0 00:0 0 0 0 6 1\n")
-    counts = count_by_peer(8000, (str(table), str(table6), str(tmp_path / "absent")))
-    assert counts == {"127.0.0.1": 3, "127.0.0.5": 1}
+    tables = (str(table), str(table6), str(tmp_path / "absent"))
+    assert count_by_peer(8000, "127.0.0.2", tables) == {"127.0.0.1": 2, "127.0.0.5": 1}
+    assert count_by_peer(8000, "0.0.0.0", tables) == {"127.0.0.1": 4, "127.0.0.5": 1}
     assert normalize("::ffff:127.0.0.1") == "127.0.0.1" and normalize("10.0.0.1") == "10.0.0.1"
 
 

@@ -43,9 +43,15 @@ def normalize(peer: str) -> str:
     return str(address)
 
 
-def count_by_peer(port: int, tables: tuple[str, ...] = TABLES) -> Counter[str]:
-    """Established connections to local ``port`` (any local address), counted by remote address."""
+WILDCARDS: Final = frozenset({"", "0.0.0.0", "::"})
+
+
+def count_by_peer(port: int, local: str = "", tables: tuple[str, ...] = TABLES) -> Counter[str]:
+    """Established connections to local ``port`` (on address ``local``, or any for a wildcard), counted by remote
+    address. Several instances may share a port on different addresses: each counts its own."""
     suffix = f":{port:04X}"
+    any_local = local in WILDCARDS
+    local = normalize(local)
     counts: Counter[str] = Counter()
     for table in tables:
         try:
@@ -55,6 +61,8 @@ def count_by_peer(port: int, tables: tuple[str, ...] = TABLES) -> Counter[str]:
                     fields = line.split(None, 4)
                     if len(fields) < 4 or fields[3] != ESTABLISHED or not fields[1].endswith(suffix):
                         continue
+                    if not any_local and _address(fields[1].rsplit(":", 1)[0]) != local:
+                        continue
                     counts[_address(fields[2].rsplit(":", 1)[0])] += 1
         except (OSError, ValueError) as exc:  # no IPv6 table, or a line we cannot read: count what we could
             logger.debug("cannot read %s: %s", table, exc)
@@ -62,16 +70,17 @@ def count_by_peer(port: int, tables: tuple[str, ...] = TABLES) -> Counter[str]:
 
 
 class PeerCounts:
-    """``count_by_peer`` for one port, cached for ``MAX_AGE_S``."""
+    """``count_by_peer`` for one listening address, cached for ``MAX_AGE_S``."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, local: str = "") -> None:
         self.port = port
+        self.local = local
         self._at = -MAX_AGE_S
         self._counts: Counter[str] = Counter()
 
     def from_peer(self, peer: str) -> int:
         now = time.monotonic()
         if now - self._at >= MAX_AGE_S:
-            self._counts = count_by_peer(self.port)
+            self._counts = count_by_peer(self.port, self.local)
             self._at = now
         return self._counts.get(normalize(peer), 0)

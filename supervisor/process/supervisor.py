@@ -145,7 +145,7 @@ class Supervisor:
             stack.callback(self.bridge.close)
         agent_address = config.agent_address
         if agent_address is not None:
-            self.peers = PeerCounts(self.listeners.address.port)
+            self.peers = PeerCounts(self.listeners.address.port, self.listeners.address.host)
             self.agent = AgentServer(*agent_address, load=self._host_load)
             await self.agent.open()
             stack.callback(self.agent.close)
