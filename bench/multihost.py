@@ -123,6 +123,8 @@ def summarize(results: list[dict[str, Any]], per_host: int) -> dict[str, Any]:
     delivered = sum(count for r in results for count, _ in r["received"].values())
     latencies = sorted(x for r in results for x in r["latencies"])
     p = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000) if latencies else None
+    local = sorted(x for r in results for x in r["local_latencies"])
+    remote = sorted(x for r in results for x in r["remote_latencies"])
     return {
         "sent": sent,
         "expected": expected,
@@ -130,8 +132,18 @@ def summarize(results: list[dict[str, Any]], per_host: int) -> dict[str, Any]:
         "lost": expected - delivered,
         "p50_ms": round(p(0.5), 1) if p else None,
         "p99_ms": round(p(0.99), 1) if p else None,
+        "same_host_p50_p99_ms": _percentiles(local),
+        "other_host_p50_p99_ms": _percentiles(remote),
+        "load_average_1m": round(os.getloadavg()[0], 1),
         "behind_s": round(max(r["behind_s"] for r in results), 2),
     }
+
+
+def _percentiles(values: list[float]) -> tuple[float, float] | None:
+    if not values:
+        return None
+    middle, tail = values[len(values) // 2], values[min(len(values) - 1, int(0.99 * len(values)))]
+    return (round(middle * 1000, 1), round(tail * 1000, 1))
 
 
 def phase_broadcast(hosts: Hosts, rates: list[float], step_s: float) -> list[dict[str, Any]]:

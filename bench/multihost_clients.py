@@ -28,6 +28,8 @@ class HostClients:
         self.pub: ClientConnection | None = None
         self.received: dict[tuple[int, int], list[float]] = defaultdict(list)  # (publisher, seq) -> receive times
         self.latencies: list[float] = []
+        self.local_latencies: list[float] = []  # of this host's own publisher: the bus without the bridge
+        self.remote_latencies: list[float] = []  # of the other hosts' publishers: through Redis
         self.recording = False
 
     async def connect(self) -> None:
@@ -51,12 +53,16 @@ class HostClients:
             publisher, seq, sent = str(text).split(" ")
             if self.recording:
                 self.received[(int(publisher), int(seq))].append(now)
-                self.latencies.append(now - float(sent))
+                latency = now - float(sent)
+                self.latencies.append(latency)
+                (self.local_latencies if int(publisher) == self.publisher_id else self.remote_latencies).append(latency)
 
     async def step(self, rate: float, seconds: float) -> dict[str, Any]:
         assert self.pub is not None
         self.received.clear()
         self.latencies = []
+        self.local_latencies = []
+        self.remote_latencies = []
         self.recording = True
         sent_at: dict[int, float] = {}
         loop = asyncio.get_running_loop()
@@ -78,6 +84,8 @@ class HostClients:
             "behind_s": behind,
             "received": {key: (len(times), min(times)) for key, times in self.received.items()},
             "latencies": self.latencies,
+            "local_latencies": self.local_latencies,
+            "remote_latencies": self.remote_latencies,
         }
 
 

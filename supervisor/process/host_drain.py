@@ -93,6 +93,8 @@ class HostDrain:
             if worker.state is not WorkerState.READY or worker.counters is None:
                 continue  # a starting worker has no WebSocket to move; a draining one is closing them already
             worker.counters.request_move(window)
+            # WorkerProcess has send_signal (it refuses a pid that already exited); WorkerHandle, the fleet's view
+            # that its unit tests fake, does not name it, and the fleet needs no signal but its drains.
             send = getattr(worker, "send_signal", None)
             if send is not None:
                 send(MOVE_WEBSOCKETS)
