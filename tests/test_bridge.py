@@ -5,6 +5,7 @@ out of `status --json` and the logs."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -183,6 +184,14 @@ def test_redis_restart_keeps_local_delivery_and_resumes_across_hosts(start_wsup:
 
         asyncio.run(scenario())
         assert bridge_of(h1)["reconnects"] >= 1 and bridge_of(h2)["reconnects"] >= 1
+        # A Redis that freezes without closing its connections is found by the bridges' pings, and left behind.
+        assert redis.proc is not None
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: bridge_of(h1)["state"] != "connected", 60, 0.2, "frozen Redis noticed")
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        connected(h1)
         assert h1.status()["supervisor"]["errors"]["total"] == 0
     finally:
         redis.stop()

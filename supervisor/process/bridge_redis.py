@@ -15,6 +15,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ipc.bridge_wire import unpack
@@ -27,6 +28,11 @@ FIRST_RETRY_S: Final = 0.1
 # Capped low: cross-host delivery should resume within about a second of Redis being back.
 MAX_RETRY_S: Final = 1.0
 CONNECT_TIMEOUT_S: Final = 2.0
+# A Redis that stops answering without closing the connection (a frozen process, a partition) is found by a PING on
+# the subscriber connection every PING_S: silent for SILENT_S, the session ends and the bridge reconnects.
+PING_S: Final = 2.0
+SILENT_S: Final = 6.0
+COMMAND_TIMEOUT_S: Final = 5.0  # a publish batch not acknowledged in this time ends the session the same way
 PUBLISH_BATCH: Final = 512
 # A channel no user can name (user channels cannot start with \x01): keeps the PubSub subscribed while this host
 # has no channel of its own, so its reader always has a connection to read.
@@ -37,6 +43,7 @@ class RedisLink:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
         self._malformed_logged = 0
+        self._heard_at = 0.0  # loop time of the last thing read on the subscriber connection
 
     async def run(self) -> None:
         """Sessions, forever; a failed one is counted and retried after a growing pause."""
@@ -47,6 +54,7 @@ class RedisLink:
             client = aioredis.Redis(
                 **bridge.address.connection_kwargs(),  # type: ignore[arg-type]
                 socket_connect_timeout=CONNECT_TIMEOUT_S,
+                socket_timeout=COMMAND_TIMEOUT_S,
                 socket_keepalive=True,
                 # No retries inside the client: a re-sent pipeline could publish a message twice.
                 retry=Retry(NoBackoff(), 0),
@@ -78,8 +86,10 @@ class RedisLink:
             await pubsub.subscribe(bridge.prefix_bytes + PRESENCE_CHANNEL)
             bridge.subscribed.clear()
             bridge.set_state("connected")
+            self._heard_at = asyncio.get_running_loop().time()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._listen(pubsub))
+                group.create_task(self._watch(pubsub))
                 group.create_task(self._follow_interest(pubsub))
                 group.create_task(self._publish(client))
         except* (RedisError, OSError, ProtocolError) as errors:
@@ -103,10 +113,21 @@ class RedisLink:
             if not bridge.wanted_changed.is_set():
                 await bridge.wanted_changed.wait()
 
+    async def _watch(self, pubsub: Any) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PING_S)
+            silent = loop.time() - self._heard_at
+            if silent > SILENT_S:
+                raise RedisConnectionError(f"Redis did not answer for {silent:.1f}s")
+            await pubsub.ping()
+
     async def _listen(self, pubsub: Any) -> None:
         bridge = self.bridge
+        loop = asyncio.get_running_loop()
         while True:
             message = await pubsub.get_message(timeout=None)
+            self._heard_at = loop.time()
             if message is None or message.get("type") != "message":
                 continue
             channel = bridge.check_channel(message["channel"])
