@@ -12,6 +12,8 @@ Usage, from the repository root (needs redis-server and haproxy: ``apt-get insta
   the bridges counted them against those the subscribers missed.
 - balance: host A holds 200 WebSockets that did not come through HAProxy; 300 more arrive through HAProxy. With
   agent-check weights, then with leastconn alone. Reports WebSockets per host.
+- ``--stack socketio``: the broadcast phase against Socket.IO 4 with @socket.io/redis-adapter, one plain ``node``
+  per host (``bench/multihost_socketio.js``; packages installed from npm into ``~/.cache/wsup-bench/node-mh``).
 - drain: 200 clients through HAProxy all on A (B and C drained while they connect), B and C resumed, then
   ``wsup drain --move-websockets`` on A. Reports where they went, failed connects, disconnects per moved client,
   what A holds at the end, and where new connections go after ``wsup resume``.
@@ -86,13 +88,55 @@ class Hosts:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+NODE_DIR = Path.home() / ".cache" / "wsup-bench" / "node-mh"
+NODE_PACKAGES = ("socket.io@4.8", "@socket.io/redis-adapter@8.3", "redis@4.7")
+
+
+class NodeHosts:
+    """The Socket.IO peer: one ``node multihost_socketio.js`` per address, one Redis between them."""
+
+    def __init__(self, redis: RedisServer) -> None:
+        if not (NODE_DIR / "node_modules" / "@socket.io" / "redis-adapter").exists():
+            NODE_DIR.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR), *NODE_PACKAGES],
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
+        self.port = free_port()
+        self.run_dir = Path(tempfile.mkdtemp(prefix="wsup-mhn", dir="/tmp"))
+        env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "REDIS_URL": redis.url,
+            "NODE_PATH": str(NODE_DIR / "node_modules"),
+        }
+        self.procs = []
+        self.logs = []
+        for address in ADDRESSES:
+            log = self.run_dir / f"{address}.log"
+            self.logs.append(log)
+            script = str(REPO / "bench" / "multihost_socketio.js")
+            out = open(log, "wb")
+            self.procs.append(subprocess.Popen(["node", script], env={**env, "HOST": address}, stdout=out, stderr=out))
+        wait_until(lambda: all(b"ready" in log.read_bytes() for log in self.logs), 60, 0.2, "node hosts ready")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(10)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def host_clients(hosts: Hosts, per_host: int) -> Iterator[list[Any]]:
+def host_clients(hosts: Hosts | NodeHosts, per_host: int, dialect: str = "wsup") -> Iterator[list[Any]]:
     context = multiprocessing.get_context("spawn")
     pipes, procs = [], []
     for index, address in enumerate(ADDRESSES):
         mine, theirs = context.Pipe()
-        proc = context.Process(target=process_main, args=(address, hosts.port, index, per_host, theirs), daemon=True)
+        args = (address, hosts.port, index, per_host, theirs, dialect)
+        proc = context.Process(target=process_main, args=args, daemon=True)
         proc.start()
         pipes.append(mine)
         procs.append(proc)
@@ -146,13 +190,15 @@ def _percentiles(values: list[float]) -> tuple[float, float] | None:
     return (round(middle * 1000, 1), round(tail * 1000, 1))
 
 
-def phase_broadcast(hosts: Hosts, rates: list[float], step_s: float) -> list[dict[str, Any]]:
+def phase_broadcast(
+    hosts: Hosts | NodeHosts, rates: list[float], step_s: float, dialect: str = "wsup"
+) -> list[dict[str, Any]]:
     rows = []
-    with host_clients(hosts, 100) as pipes:
+    with host_clients(hosts, 100, dialect) as pipes:
         for rate in rates:
             row = {"rate": rate, **summarize(run_step(pipes, rate, step_s), 100)}
             rows.append(row)
-            print("broadcast", row, flush=True)
+            print(f"broadcast ({dialect})", row, flush=True)
             if row["lost"] or (row["p99_ms"] or 0) >= 100 or row["behind_s"] > 0.5:
                 break
     return rows
@@ -304,9 +350,19 @@ def main() -> None:
     parser.add_argument("--rates", default="30,60,120,240,480", help="total msg/s steps of the broadcast phase")
     parser.add_argument("--step-s", type=float, default=4.0)
     parser.add_argument("--outage-rate", type=float, default=30.0)
+    parser.add_argument("--stack", default="wsup", help="wsup, or socketio (the broadcast phase only)")
     args = parser.parse_args()
     phases = args.phases.split(",")
     redis = RedisServer().start()
+    if args.stack == "socketio":
+        node = NodeHosts(redis)
+        try:
+            rows = phase_broadcast(node, [float(r) for r in args.rates.split(",")], args.step_s, "socketio")
+        finally:
+            node.close()
+            redis.stop()
+        print(orjson.dumps({"broadcast_socketio": rows}, option=orjson.OPT_INDENT_2).decode())
+        return
     hosts = Hosts(redis)
     results: dict[str, Any] = {}
     try:

@@ -4,6 +4,9 @@ Each process holds the host's subscribers (``/sub`` of ``broadcast_apps.wsup_app
 all connected straight to that host's address. On ``("step", rate, seconds)`` its publisher sends ``rate`` msg/s
 of ``"<publisher> <seq> <unix time>"``; after a grace period it answers with what its subscribers received:
 per publisher and sequence, how many of them got it and when the first did, and every latency.
+
+``dialect="socketio"`` speaks Socket.IO 4 over a raw WebSocket to the Node peer of ``multihost_socketio.js``
+(Engine.IO open, ``40`` to join the namespace, ``42["msg", ...]`` events, ``3`` for every ping).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ GRACE_S = 2.0
 
 
 class HostClients:
-    def __init__(self, address: str, port: int, publisher: int, subscribers: int) -> None:
+    def __init__(self, address: str, port: int, publisher: int, subscribers: int, dialect: str = "wsup") -> None:
         self.base = f"ws://{address}:{port}"
+        self.dialect = dialect
         self.publisher_id = publisher
         self.count = subscribers
         self.subs: list[ClientConnection] = []
@@ -37,20 +41,46 @@ class HostClients:
 
         async def one() -> ClientConnection:
             async with gate:
-                ws = await connect(f"{self.base}/sub", open_timeout=60, ping_interval=None, max_queue=None)
-                assert (await ws.recv()).startswith("ready")
-                return ws
+                return await self._open("sub")
 
         self.subs = list(await asyncio.gather(*(one() for _ in range(self.count))))
-        self.pub = await connect(f"{self.base}/pub", open_timeout=60, ping_interval=None)
-        await self.pub.recv()
+        self.pub = await self._open("pub")
+        if self.dialect == "socketio":
+            asyncio.create_task(self._answer_pings(self.pub))
         for ws in self.subs:
             asyncio.create_task(self._read(ws))
 
-    async def _read(self, ws: ClientConnection) -> None:
+    async def _open(self, role: str) -> ClientConnection:
+        if self.dialect == "wsup":
+            ws = await connect(f"{self.base}/{role}", open_timeout=60, ping_interval=None, max_queue=None)
+            assert str(await ws.recv()).startswith("ready")
+            return ws
+        url = f"{self.base}/socket.io/?EIO=4&transport=websocket&role={role}"
+        ws = await connect(url, open_timeout=60, ping_interval=None, max_queue=None)
+        assert str(await ws.recv()).startswith("0")  # Engine.IO open
+        await ws.send("40")
+        while not str(await ws.recv()).startswith('42["ready"'):
+            pass
+        return ws
+
+    async def _answer_pings(self, ws: ClientConnection) -> None:
         async for text in ws:
+            if text == "2":
+                await ws.send("3")
+
+    async def _read(self, ws: ClientConnection) -> None:
+        socketio = self.dialect == "socketio"
+        async for frame in ws:
             now = time.time()
-            publisher, seq, sent = str(text).split(" ")
+            text = str(frame)
+            if socketio:
+                if text == "2":
+                    await ws.send("3")
+                    continue
+                if not text.startswith('42["msg","'):
+                    continue
+                text = text[10:-2]
+            publisher, seq, sent = text.split(" ")
             if self.recording:
                 self.received[(int(publisher), int(seq))].append(now)
                 latency = now - float(sent)
@@ -74,7 +104,8 @@ class HostClients:
                 await asyncio.sleep(delay)
             now = time.time()
             sent_at[seq] = now
-            await self.pub.send(f"{self.publisher_id} {seq} {now:.6f}")
+            body = f"{self.publisher_id} {seq} {now:.6f}"
+            await self.pub.send(f'42["publish","{body}"]' if self.dialect == "socketio" else body)
         behind = loop.time() - (start + seconds)
         await asyncio.sleep(GRACE_S)
         self.recording = False
@@ -89,9 +120,11 @@ class HostClients:
         }
 
 
-def process_main(address: str, port: int, publisher: int, subscribers: int, conn: Connection) -> None:
+def process_main(
+    address: str, port: int, publisher: int, subscribers: int, conn: Connection, dialect: str = "wsup"
+) -> None:
     async def main() -> None:
-        clients = HostClients(address, port, publisher, subscribers)
+        clients = HostClients(address, port, publisher, subscribers, dialect)
         await clients.connect()
         conn.send("ready")
         while True:
