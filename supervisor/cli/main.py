@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     drain.add_argument(
         "--move-websockets", action="store_true", help="also close WebSockets with 1012 so they reconnect elsewhere"
     )
-    drain.add_argument("--window", type=float, help="spread those closes over S seconds (default --ws-drain-window)")
+    drain.add_argument(
+        "--window", type=float, metavar="S", help="spread those closes over S seconds (default --ws-drain-window)"
+    )
     _add_name(drain)
     resume = sub.add_parser("resume", help="undo drain: take new connections again")
     _add_name(resume)
