@@ -14,6 +14,8 @@ Usage, from the repository root (needs redis-server and haproxy: ``apt-get insta
   agent-check weights, then with leastconn alone. Reports WebSockets per host.
 - ``--stack socketio``: the broadcast phase against Socket.IO 4 with @socket.io/redis-adapter, one plain ``node``
   per host (``bench/multihost_socketio.js``; packages installed from npm into ``~/.cache/wsup-bench/node-mh``).
+- ``--stack python-socketio``: the same against python-socketio's ``AsyncServer`` + ``AsyncRedisManager``, one
+  uvicorn per host (``bench/multihost_pysio.py``; ``.venv/bin/pip install python-socketio``).
 - drain: 200 clients through HAProxy all on A (B and C drained while they connect), B and C resumed, then
   ``wsup drain --move-websockets`` on A. Reports where they went, failed connects, disconnects per moved client,
   what A holds at the end, and where new connections go after ``wsup resume``.
@@ -39,14 +41,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from multihost_clients import process_main  # noqa: E402
-from multihost_servers import ADDRESSES, Hosts, NodeHosts  # noqa: E402
+from multihost_servers import ADDRESSES, Hosts, NodeHosts, PySocketIOHosts  # noqa: E402
 
 from tests.multihost import HAProxy, RedisServer, Roamer, agent_answer, until  # noqa: E402
 from tests.wsup_harness import wait_until  # noqa: E402
 
+AnyHosts = Hosts | NodeHosts | PySocketIOHosts
+
 
 @contextlib.contextmanager
-def host_clients(hosts: Hosts | NodeHosts, per_host: int, dialect: str = "wsup") -> Iterator[list[Any]]:
+def host_clients(
+    hosts: Hosts | NodeHosts | PySocketIOHosts, per_host: int, dialect: str = "wsup"
+) -> Iterator[list[Any]]:
     context = multiprocessing.get_context("spawn")
     pipes, procs = [], []
     for index, address in enumerate(ADDRESSES):
@@ -106,9 +112,7 @@ def _percentiles(values: list[float]) -> tuple[float, float] | None:
     return (round(middle * 1000, 1), round(tail * 1000, 1))
 
 
-def phase_broadcast(
-    hosts: Hosts | NodeHosts, rates: list[float], step_s: float, dialect: str = "wsup"
-) -> list[dict[str, Any]]:
+def phase_broadcast(hosts: AnyHosts, rates: list[float], step_s: float, dialect: str = "wsup") -> list[dict[str, Any]]:
     rows = []
     with host_clients(hosts, 100, dialect) as pipes:
         for rate in rates:
@@ -266,18 +270,20 @@ def main() -> None:
     parser.add_argument("--rates", default="30,60,120,240,480", help="total msg/s steps of the broadcast phase")
     parser.add_argument("--step-s", type=float, default=4.0)
     parser.add_argument("--outage-rate", type=float, default=30.0)
-    parser.add_argument("--stack", default="wsup", help="wsup, or socketio (the broadcast phase only)")
+    parser.add_argument(
+        "--stack", default="wsup", help="wsup, socketio or python-socketio (the last two: the broadcast phase only)"
+    )
     args = parser.parse_args()
     phases = args.phases.split(",")
     redis = RedisServer().start()
-    if args.stack == "socketio":
-        node = NodeHosts(redis)
+    if args.stack in ("socketio", "python-socketio"):
+        peer = NodeHosts(redis) if args.stack == "socketio" else PySocketIOHosts(redis)
         try:
-            rows = phase_broadcast(node, [float(r) for r in args.rates.split(",")], args.step_s, "socketio")
+            rows = phase_broadcast(peer, [float(r) for r in args.rates.split(",")], args.step_s, "socketio")
         finally:
-            node.close()
+            peer.close()
             redis.stop()
-        print(orjson.dumps({"broadcast_socketio": rows}, option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps({f"broadcast_{args.stack}": rows}, option=orjson.OPT_INDENT_2).decode())
         return
     hosts = Hosts(redis)
     results: dict[str, Any] = {}

@@ -17,7 +17,7 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.multihost import RedisServer  # noqa: E402
+from tests.multihost import RedisServer, port_open  # noqa: E402
 from tests.wsup_harness import free_port, wait_until  # noqa: E402
 
 ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -95,6 +95,31 @@ class NodeHosts:
             out = open(log, "wb")
             self.procs.append(subprocess.Popen(["node", script], env={**env, "HOST": address}, stdout=out, stderr=out))
         wait_until(lambda: all(b"ready" in log.read_bytes() for log in self.logs), 60, 0.2, "node hosts ready")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(10)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class PySocketIOHosts:
+    """The python-socketio peer: one ``uvicorn multihost_pysio:app`` per address, AsyncRedisManager between them."""
+
+    def __init__(self, redis: RedisServer) -> None:
+        self.port = free_port()
+        self.run_dir = Path(tempfile.mkdtemp(prefix="wsup-mhp", dir="/tmp"))
+        env = {**os.environ, "BENCH_REDIS_URL": redis.url}
+        self.procs = []
+        self.logs = []
+        for address in ADDRESSES:
+            log = self.run_dir / f"{address}.log"
+            self.logs.append(log)
+            out = open(log, "wb")
+            argv = [sys.executable, "-m", "uvicorn", "multihost_pysio:app", "--app-dir", str(REPO / "bench")]
+            argv += ["--host", address, "--port", str(self.port), "--no-access-log", "--log-level", "warning"]
+            self.procs.append(subprocess.Popen(argv, env=env, stdout=out, stderr=out))
+        wait_until(lambda: all(port_open(a, self.port) for a in ADDRESSES), 60, 0.2, "uvicorn hosts ready")
 
     def close(self) -> None:
         for proc in self.procs:
