@@ -132,7 +132,7 @@ class Supervisor:
         config = self.config
         address = config.bridge_address
         if address is not None:
-            from supervisor.process.bridge import Bridge  # redis is an optional dependency: imported only when used
+            from supervisor.process.bridge import Bridge  # only instances with a bridge load its code
 
             self.bridge = Bridge(
                 context,
@@ -153,7 +153,7 @@ class Supervisor:
     def _supervise_multihost(self) -> None:
         bridge = self.bridge
         if bridge is not None:
-            from supervisor.process.bridge_redis import RedisLink
+            from supervisor.process.bridge_redis import RedisLink  # redis is an optional dependency (wsup[redis])
 
             self.tasks.supervise("bridge-interest", bridge.watch_subscriptions)
             self.tasks.supervise("bridge-out", bridge.pump_out)
