@@ -21,7 +21,11 @@ from typing import NamedTuple
 
 ACCEPTED = 0  # TCP connections the worker accepted (a WebSocket starts as an HTTP connection and is counted once)
 CLOSED = 1  # of those, connections that ended (as HTTP, or as the WebSocket they were upgraded to)
-_CELLS = 2
+# Written by the supervisor, read by the worker when MOVE_WEBSOCKETS (ipc.signals) arrives: the window in ms plus
+# one over which to close its WebSockets, or 0 to cancel the closes not done yet (`wsup resume`).
+MOVE_WINDOW = 2
+MAX_MOVE_WINDOW_MS = 3_600_000
+_CELLS = 3
 _SIZE = mmap.PAGESIZE
 
 
@@ -66,6 +70,11 @@ class ConnectionCounters:
         closed = cells[CLOSED]
         return CounterSnapshot(cells[ACCEPTED], closed)
 
+    def request_move(self, window_s: float | None) -> None:
+        """The supervisor's side: what the next MOVE_WEBSOCKETS signal means (``None``: cancel)."""
+        ms = 0 if window_s is None else 1 + min(MAX_MOVE_WINDOW_MS, max(0, round(window_s * 1000)))
+        self.cells[MOVE_WINDOW] = ms
+
     def close_fd(self) -> None:
         """Close the fd (the mapping stays); the supervisor does this once the worker has inherited it."""
         if self.fd >= 0:
@@ -76,6 +85,15 @@ class ConnectionCounters:
         self.close_fd()
         self.cells.release()
         self._map.close()
+
+
+def move_window(cells: memoryview) -> float | None:
+    """The worker's side: the window of the move the supervisor asked for, in seconds, or None for "cancel".
+    Range-checked: the page is shared memory, and a value past the limit is clamped, not trusted."""
+    raw = int(cells[MOVE_WINDOW])
+    if raw == 0:
+        return None
+    return min(MAX_MOVE_WINDOW_MS, raw - 1) / 1000
 
 
 def local_cells() -> memoryview:

@@ -3,7 +3,8 @@
 A worker drains on either signal: it stops accepting on its copy of the slot's socket, finishes requests in flight,
 closes keep-alive connections at a clean point and closes its WebSockets, spread over the drain window, with the
 code that tells clients why: 1012 (Service Restart) when it is being replaced, 1001 (Going Away) when the instance
-stops. SIGINT and SIGHUP are ignored by workers: Ctrl-C reaches the whole foreground process group, and the
+stops. SIGUSR2 closes WebSockets without draining (a host that moves its clients to other hosts).
+SIGINT and SIGHUP are ignored by workers: Ctrl-C reaches the whole foreground process group, and the
 supervisor orchestrates the stop.
 """
 
@@ -23,6 +24,11 @@ CLOSE_CODE_FOR: dict[signal.Signals, int] = {
 }
 IGNORED_BY_WORKERS = (signal.SIGINT, signal.SIGHUP)
 # The supervisor reopens its log file on SIGUSR1 (what logrotate sends); SIGUSR1 means "drain" to a worker, so the
-# supervisor passes the reopen on as SIGUSR2. A worker ignores it until its loop can handle it.
+# supervisor passes the reopen on as SIGWINCH, which a process ignores by default: a worker still starting, before
+# its handler is installed, is not harmed by it.
 REOPEN_LOG = signal.SIGUSR1
-REOPEN_WORKER_LOG = signal.SIGUSR2
+REOPEN_WORKER_LOG = signal.SIGWINCH
+# `wsup drain --move-websockets`: close this worker's WebSockets with 1012 over the window the supervisor wrote in
+# the worker's shared page (ipc.counters.MOVE_WINDOW), and keep serving. The same signal with no window cancels
+# the closes not done yet (`wsup resume`).
+MOVE_WEBSOCKETS = signal.SIGUSR2

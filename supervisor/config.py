@@ -6,11 +6,13 @@ Read by the CLI (which builds it from options) and by the supervisor process; li
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipc.bridge_wire import BridgeAddress, check_prefix, default_prefix
 from ipc.errors import ConfigError
 from ipc.settings import WorkerSettings, check_range, option
 from supervisor.admin_address import AdminAddress, check_access, parse_admin
@@ -99,6 +101,11 @@ class SupervisorConfig:
     max_memory: int = 0  # bytes of the worker's RSS
     admin: str | None = None  # the admin endpoint's [HOST:]PORT (metrics, health, dashboard); off unless given
     admin_token: str | None = field(default=None, repr=False)  # required unless the admin endpoint is on loopback
+    # Several hosts (docs: "Several hosts"). The bridge URL may hold a password: never print this field.
+    bridge: str | None = dataclasses.field(default=None, repr=False)
+    bridge_prefix: str | None = None  # default wsup:<name>:
+    agent_port: int | None = None  # HAProxy agent-check; 0 picks a free port (shown in status)
+    agent_host: str | None = None  # default: --host
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= MAX_WORKERS:
@@ -125,6 +132,15 @@ class SupervisorConfig:
         if self.admin is not None:
             check_access(parse_admin(self.admin), self.admin_token)
 
+        if self.bridge is not None:
+            BridgeAddress.parse(self.bridge)
+            if importlib.util.find_spec("redis") is None:
+                raise ConfigError("--bridge needs the redis client: pip install 'wsup[redis]'")
+        if self.bridge_prefix is not None:
+            check_prefix(self.bridge_prefix)
+        if self.agent_port is not None:
+            check_range("agent_port", self.agent_port, 0, 65535)
+
     @property
     def recycles(self) -> bool:
         return bool(self.max_requests or self.max_lifetime or self.max_memory)
@@ -132,6 +148,21 @@ class SupervisorConfig:
     @property
     def admin_address(self) -> AdminAddress | None:
         return parse_admin(self.admin) if self.admin is not None else None
+
+    @property
+    def bridge_address(self) -> BridgeAddress | None:
+        """The parsed --bridge (its password from the URL or WSUP_BRIDGE_PASSWORD), or None."""
+        return BridgeAddress.parse(self.bridge) if self.bridge is not None else None
+
+    @property
+    def channel_prefix(self) -> str:
+        return self.bridge_prefix if self.bridge_prefix is not None else default_prefix(self.name)
+
+    @property
+    def agent_address(self) -> tuple[str, int] | None:
+        if self.agent_port is None:
+            return None
+        return (self.agent_host or self.host, self.agent_port)
 
     @property
     def app(self) -> str:

@@ -11,13 +11,17 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 
-async def open_websockets(url: str, count: int, concurrency: int = 400) -> list[tuple[ClientConnection, int]]:
-    """Open ``count`` WebSockets (at most ``concurrency`` handshakes at once); return each with its worker pid."""
+async def open_websockets(
+    url: str, count: int, concurrency: int = 400, local_address: str | None = None
+) -> list[tuple[ClientConnection, int]]:
+    """Open ``count`` WebSockets (at most ``concurrency`` handshakes at once, from ``local_address`` if given);
+    return each with its worker pid."""
     gate = asyncio.Semaphore(concurrency)
+    source: dict[str, Any] = {"local_addr": (local_address, 0)} if local_address else {}
 
     async def one() -> tuple[ClientConnection, int]:
         async with gate:
-            ws = await connect(url, open_timeout=30, ping_interval=None, max_queue=None)
+            ws = await connect(url, open_timeout=30, ping_interval=None, max_queue=None, **source)
             hello: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
             return ws, int(hello["pid"])
 

@@ -191,6 +191,19 @@ def publish(
     return publish_to_instance(channel, text, name=name, timeout=timeout)
 
 
+def drain(
+    name: str | None, *, move_websockets: bool, window: float | None, timeout: float = CONTROL_TIMEOUT_S
+) -> dict[str, Any]:
+    """``wsup drain``: the balancer in front sends no new connections; optionally move the WebSockets away."""
+    paths = find_instance(name)
+    return control.call(paths.control, "drain", {"move_websockets": move_websockets, "window": window}, timeout=timeout)
+
+
+def resume(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+    paths = find_instance(name)
+    return control.call(paths.control, "resume", timeout=timeout)
+
+
 def stop(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> str:
     """Stop an instance and wait until the supervisor and every worker are gone (so the port is free)."""
     paths = find_instance(name)

@@ -124,9 +124,18 @@ def _add_start_options(start: argparse.ArgumentParser) -> None:
         help="token the admin endpoint requires (Authorization: Bearer, or ?token=); prefer the WSUP_ADMIN_TOKEN"
         " environment variable, which other users cannot read in the process list",
     )
-    start.add_argument("--notify-fd", type=int, help=argparse.SUPPRESS)
     start_options.add_recycling(start)
     start_options.add_uvicorn(start)
+    start.add_argument(
+        "--bridge",
+        metavar="URL",
+        help="relay the bus between hosts through Redis: redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://"
+        " (the password may come from WSUP_BRIDGE_PASSWORD instead)",
+    )
+    start.add_argument("--bridge-prefix", help="prefix of the Redis channels (default wsup:NAME:)")
+    start.add_argument("--agent-port", type=int, help="answer HAProxy's agent-check on this port (0 picks one)")
+    start.add_argument("--agent-host", help="address the agent-check listens on (default: --host)")
+    start.add_argument("--notify-fd", type=int, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("message", metavar="MESSAGE", help="the message, as text ('-' reads it from stdin)")
     publish.add_argument("--json", action="store_true", help="MESSAGE is JSON: check it and send it as JSON text")
     _add_name(publish)
+
+    drain = sub.add_parser("drain", help="take no new connections from the balancer (a rolling deploy of hosts)")
+    drain.add_argument(
+        "--move-websockets", action="store_true", help="also close WebSockets with 1012 so they reconnect elsewhere"
+    )
+    drain.add_argument(
+        "--window", type=float, metavar="S", help="spread those closes over S seconds (default --ws-drain-window)"
+    )
+    _add_name(drain)
+    resume = sub.add_parser("resume", help="undo drain: take new connections again")
+    _add_name(resume)
     return parser
 
 
@@ -327,10 +347,25 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drain(args: argparse.Namespace) -> int:
+    result = commands.drain(args.name, move_websockets=args.move_websockets, window=args.window, timeout=args.timeout)
+    moved = ""
+    if args.move_websockets:
+        moved = f", moving its WebSockets over {result['window_s']:g}s ({result['move']})"
+    print(f"wsup: draining{moved}")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    result = commands.resume(args.name, args.timeout)
+    print("wsup: resumed" if result["was_draining"] else "wsup: was not draining")
+    return 0
+
+
 COMMANDS.update(
     config=_config, status=_status, stop=_stop, reload=_reload, restart=_restart, scale=_scale, publish=_publish
 )
-COMMANDS.update(logs=_logs)
+COMMANDS.update(logs=_logs, drain=_drain, resume=_resume)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

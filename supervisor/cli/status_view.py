@@ -137,6 +137,7 @@ def render_status(status: dict[str, Any]) -> str:
     for worker in status["workers"]:
         if worker.get("crash_loop") or (worker.get("pid") is None and worker.get("last_error")):
             lines.append(f"slot {worker['slot']}: {worker.get('last_error')}")
+    lines += _multihost_lines(status)
     return "\n".join(lines)
 
 
@@ -159,6 +160,28 @@ def _recycling_lines(status: dict[str, Any]) -> list[str]:
     lines += [f"  held: {note}" for note in recycling.get("held") or []]
     if recycling.get("last_error"):
         lines.append(f"  last failure: {recycling['last_error']}")
+    return lines
+
+
+def _multihost_lines(status: dict[str, Any]) -> list[str]:
+    """The host's drain, its agent-check and its bus bridge, each only when in use."""
+    lines = []
+    drain = status.get("host_drain") or {}
+    if drain.get("draining"):
+        move = f", moving WebSockets over {drain['window_s']:g}s ({drain['move']})" if drain.get("move") else ""
+        lines.append(f"DRAINING: the balancer sends no new connections{move}; `wsup resume` undoes it")
+    agent = status.get("agent")
+    if agent:
+        lines.append(f"agent-check on {agent['address']}: {agent['now']!r} ({_count(agent['answers'])} answers)")
+    bridge = status.get("bridge")
+    if bridge:
+        lines.append(
+            f"bridge {bridge['state']} to {bridge['address']} (prefix {bridge['prefix']!r}): "
+            f"{bridge['channels']} channels, out {_count(bridge['messages_out'])}, in {_count(bridge['messages_in'])},"
+            f" dropped {_count(bridge['dropped'])}, reconnects {bridge['reconnects']}"
+        )
+        if bridge["state"] != "connected" and bridge.get("last_error"):
+            lines.append(f"  last error: {bridge['last_error']}")
     return lines
 
 

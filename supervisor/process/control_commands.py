@@ -15,6 +15,7 @@ from ipc.bus_proxy import BusProxy
 from ipc.control import ProgressSink
 from ipc.errors import ConfigError
 from ipc.messages import JSONObject, Request
+from supervisor.process.host_drain import HostDrain
 from supervisor.process.operations import Operations
 
 Command = Callable[[JSONObject, ProgressSink], Awaitable[JSONObject]]
@@ -32,7 +33,9 @@ class ControlCommands:
         request_stop: Callable[[], None],
         worker_pids: Callable[[], list[int]],
         graceful_timeout: float,
+        host_drain: HostDrain,
     ) -> None:
+        self.host_drain = host_drain
         self.operations = operations
         self.bus = bus
         self.snapshot = snapshot
@@ -47,6 +50,8 @@ class ControlCommands:
             "scale": self.scale,
             "restart": self.restart,
             "publish": self.publish,
+            "drain": self.drain,
+            "resume": self.resume,
         }
 
     async def handle(self, request: Request, progress: ProgressSink) -> JSONObject:
@@ -85,3 +90,15 @@ class ControlCommands:
 
     async def publish(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
         return self.bus.handle_command(args)
+
+    async def drain(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
+        move = args.get("move_websockets", False)
+        window = args.get("window")
+        if not isinstance(move, bool):
+            raise ConfigError(f"drain move_websockets must be true or false, got {move!r}")
+        if window is not None and (not isinstance(window, int | float) or isinstance(window, bool)):
+            raise ConfigError(f"drain --window must be a number of seconds, got {window!r}")
+        return self.host_drain.start(move_websockets=move, window=None if window is None else float(window))
+
+    async def resume(self, args: JSONObject, progress: ProgressSink) -> JSONObject:
+        return self.host_drain.resume()

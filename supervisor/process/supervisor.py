@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.asyncio
@@ -27,20 +27,28 @@ from ipc.messages import Failed, Ready, Request
 from ipc.settings import WorkerSpec
 from ipc.stats import StatsReceiver
 from supervisor.config import SupervisorConfig
+from supervisor.process.agent_check import AgentServer, HostLoad
 from supervisor.process.control_commands import ControlCommands
 from supervisor.process.fleet import Fleet, FleetTiming
+from supervisor.process.host_drain import HostDrain
 from supervisor.process.limits import describe_limits, raise_open_files_limit
 from supervisor.process.listeners import ListenerGroup, resolve
 from supervisor.process.operations import Operations
 from supervisor.process.operators import Operators
+from supervisor.process.peer_counts import PeerCounts
 from supervisor.process.recycle_policy import Limits
 from supervisor.process.recycler import Recycler
 from supervisor.process.slot_loads import slot_loads, sticky_roles
+from supervisor.process.slots import WorkerHandle
 from supervisor.process.status import build_status
 from supervisor.process.tasks import TaskSupervisor
 from supervisor.process.worker_process import WorkerProcess
+from supervisor.process.worker_state import WorkerState
 from supervisor.steering.arrivals import ArrivalWatch
 from supervisor.steering.controller import Steering
+
+if TYPE_CHECKING:
+    from supervisor.process.bridge import Bridge
 
 logger = logging.getLogger("wsup.supervisor")
 _SIGNAL_REQUESTS = {signal.SIGTERM: "stop", signal.SIGINT: "stop", signal.SIGHUP: "reload"}
@@ -59,6 +67,8 @@ class Supervisor:
         self._stop_requested = asyncio.Event()
         self._signals: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
         self.signals_dropped = 0
+        self.bridge: Bridge | None = None
+        self.agent: AgentServer | None = None
 
     async def run(self, on_ready: Callable[[dict[str, Any]], None]) -> None:
         config, paths = self.config, self.paths
@@ -87,6 +97,9 @@ class Supervisor:
                 before_close=self.arrivals.disarm,
             )
             stack.callback(self._kill_leftovers)
+            heard = self._balancer_heard if config.agent_address is not None else None
+            self.host_drain = HostDrain(self._serving, config.worker.ws_drain_window, self.tasks.spawn, heard)
+            await self._open_multihost(context, stack)
             self.operations = Operations(self.fleet, config.reload_batch)
             self.recycler = Recycler(self.fleet, self.operations, _limits(config))
             self.commands = ControlCommands(
@@ -96,6 +109,7 @@ class Supervisor:
                 request_stop=self.request_stop,
                 worker_pids=lambda: [w.pid for w in self.fleet.workers()],
                 graceful_timeout=config.graceful_timeout,
+                host_drain=self.host_drain,
             )
             self.control = ControlServer(context, paths.control, self.commands.handle)
             stack.callback(self.control.close)
@@ -113,6 +127,7 @@ class Supervisor:
             self.tasks.supervise("signals", self._run_signals)
             if config.recycles:
                 self.tasks.supervise("recycle", self.recycler.run)
+            self._supervise_multihost()
             try:
                 await self.fleet.start(config.workers)
                 logger.info("%d workers ready on %s (%s)", config.workers, address.url, self.steering.mode)
@@ -136,6 +151,53 @@ class Supervisor:
             bus_out=self.paths.bus_out,
         )
         return WorkerProcess.spawn(spec, self.config.worker.ssl_keyfile_password)
+
+    # --- several hosts: the bus bridge and the agent-check ------------------------------------------------
+    async def _open_multihost(self, context: zmq.asyncio.Context, stack: contextlib.AsyncExitStack) -> None:
+        config = self.config
+        address = config.bridge_address
+        if address is not None:
+            from supervisor.process.bridge import Bridge  # only instances with a bridge load its code
+
+            self.bridge = Bridge(
+                context,
+                self.paths.bus_in,
+                self.paths.bus_out,
+                address=address,
+                prefix=config.channel_prefix,
+                max_bytes=config.worker.bus_max_bytes,
+            )
+            stack.callback(self.bridge.close)
+        agent_address = config.agent_address
+        if agent_address is not None:
+            self.peers = PeerCounts(self.listeners.address.port, self.listeners.address.host)
+            self.agent = AgentServer(*agent_address, load=self._host_load)
+            await self.agent.open()
+            stack.callback(self.agent.close)
+
+    def _supervise_multihost(self) -> None:
+        bridge = self.bridge
+        if bridge is not None:
+            from supervisor.process.bridge_redis import RedisLink  # redis is an optional dependency (wsup[redis])
+
+            self.tasks.supervise("bridge-interest", bridge.watch_subscriptions)
+            self.tasks.supervise("bridge-out", bridge.pump_out)
+            self.tasks.supervise("bridge-redis", RedisLink(bridge).run)
+        if self.agent is not None:
+            self.tasks.supervise("agent", self.agent.serve)
+
+    async def _balancer_heard(self, timeout: float) -> bool:
+        return await self.agent.drain_heard(timeout) if self.agent is not None else False
+
+    def _serving(self) -> list[WorkerHandle]:
+        return [slot.worker for slot in self.fleet.slots if slot.worker is not None]
+
+    def _host_load(self, balancer: str) -> HostLoad:
+        fleet = self.fleet
+        ready = sum(1 for worker in self._serving() if worker.state is WorkerState.READY)
+        connections = sum(worker.live_connections() for worker in fleet.workers())
+        seen = self.peers.from_peer(balancer)
+        return HostLoad(len(fleet.slots), ready, connections, self.host_drain.active, fleet.stopping, seen)
 
     def _kill_leftovers(self) -> None:
         """The last resort on the way out (the stop already drained them): no worker outlives its supervisor."""
@@ -181,6 +243,9 @@ class Supervisor:
                 "stopping": fleet.stopping,
                 "limits": describe_limits(self.config.backlog),
                 "recycling": self.recycler.describe(),
+                "host_drain": self.host_drain.describe(),
+                "bridge": self.bridge.describe() if self.bridge is not None else None,
+                "agent": self.agent.describe() if self.agent is not None else None,
             },
             fleet=fleet,
             balance=self.steering.describe(),

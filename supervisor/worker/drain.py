@@ -36,6 +36,40 @@ def drain_window(settings: WorkerSettings, websockets: int) -> float:
     return min(max(settings.ws_drain_window, paced), settings.graceful_timeout / 2)
 
 
+def spread_closes(
+    websockets: list[WsupWebSocketProtocol], close_code: int, window_s: float
+) -> list[asyncio.TimerHandle]:
+    """Close ``websockets`` one by one across ``window_s``, so clients reconnect over the window, not in one
+    stampede. Returns the scheduled closes (a cancelled move cancels the ones not done yet)."""
+    if not websockets:
+        return []
+    loop = asyncio.get_running_loop()
+    step = window_s / len(websockets)
+    return [loop.call_later(index * step, ws.close_with, close_code) for index, ws in enumerate(websockets)]
+
+
+class WebSocketMover:
+    """``wsup drain --move-websockets`` inside a worker: close the WebSockets open now with 1012 across a window,
+    and go on serving (new connections, HTTP, WebSockets opened afterwards)."""
+
+    def __init__(self) -> None:
+        self._pending: list[asyncio.TimerHandle] = []
+        self.moves = 0
+
+    def move(self, server: uvicorn.Server, close_code: int, window_s: float) -> int:
+        self.cancel()
+        websockets = [c for c in server.server_state.connections if isinstance(c, WsupWebSocketProtocol)]
+        self._pending = spread_closes(websockets, close_code, window_s)
+        self.moves += 1
+        logger.info("moving %d WebSockets to other hosts over %.1fs", len(websockets), window_s)
+        return len(websockets)
+
+    def cancel(self) -> None:
+        for handle in self._pending:
+            handle.cancel()
+        self._pending = []
+
+
 def _all_done(server: uvicorn.Server) -> bool:
     return not server.server_state.connections and not server.server_state.tasks
 

@@ -23,14 +23,21 @@ from uvicorn.config import LOGGING_CONFIG
 from ipc import broadcast
 from ipc.bus_queue import Policy
 from ipc.bus_worker import WorkerBus
-from ipc.counters import ConnectionCounters
+from ipc.counters import ConnectionCounters, local_cells, move_window
 from ipc.errors import AppLoadError
 from ipc.settings import PASSWORD_ENV, WorkerSpec
-from ipc.signals import CLOSE_CODE_FOR, CLOSE_GOING_AWAY, IGNORED_BY_WORKERS, REOPEN_WORKER_LOG
+from ipc.signals import (
+    CLOSE_CODE_FOR,
+    CLOSE_GOING_AWAY,
+    CLOSE_SERVICE_RESTART,
+    IGNORED_BY_WORKERS,
+    MOVE_WEBSOCKETS,
+    REOPEN_WORKER_LOG,
+)
 from ipc.stats import Counts, StatsReporter
 from supervisor.log_format import open_log, worker_tag
 from supervisor.worker.app_loader import load_app
-from supervisor.worker.drain import drain, drain_window
+from supervisor.worker.drain import WebSocketMover, drain, drain_window
 from supervisor.worker.protocols import WorkerConnections, WsupHttpProtocol, WsupServerState, WsupWebSocketProtocol
 
 logger = logging.getLogger("wsup.worker")
@@ -106,6 +113,8 @@ class Worker:
         # The page the supervisor reads this worker's live connection counts from (private memory without one).
         shared = ConnectionCounters.attach(spec.counters_fd).cells if spec.counters_fd >= 0 else None
         self.connections = WorkerConnections(shared)
+        self.shared = shared if shared is not None else local_cells()
+        self.mover = WebSocketMover()
         self.close_code = CLOSE_GOING_AWAY
         # Taken out of the environment before the app is imported: the app has no business reading it.
         self.key_password = os.environ.pop(PASSWORD_ENV, None)
@@ -143,11 +152,20 @@ class Worker:
         if self.server is not None:
             self.server.should_exit = True
 
+    def _on_move(self) -> None:
+        """MOVE_WEBSOCKETS: the window (or a cancel) is in the page the supervisor shares with this worker."""
+        window = move_window(self.shared)
+        if window is None:
+            self.mover.cancel()
+        elif self.server is not None and not self.server.should_exit:
+            self.mover.move(self.server, CLOSE_SERVICE_RESTART, window)
+
     async def serve(self, app: Any) -> None:
         spec, settings = self.spec, self.spec.settings
         loop = asyncio.get_running_loop()
         for sig, close_code in CLOSE_CODE_FOR.items():
             loop.add_signal_handler(sig, self._on_signal, close_code)
+        loop.add_signal_handler(MOVE_WEBSOCKETS, self._on_move)
         config = uvicorn.Config(
             app,
             http=WsupHttpProtocol,
@@ -212,6 +230,7 @@ class Worker:
         logger.info("serving %s (slot %d, generation %d, pid %d)", settings.app, spec.slot, spec.generation, pid)
 
         await server.main_loop()
+        self.mover.cancel()  # the drain closes every WebSocket over its own window
         result = await drain(
             server,
             self.connections,
@@ -250,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = WorkerSpec.from_json(args[0])
     for sig in (*IGNORED_BY_WORKERS, REOPEN_WORKER_LOG):  # a reopen before the loop handles it: nothing to do
         signal.signal(sig, signal.SIG_IGN)
+    # Until serve() installs its handler, a move has nothing to move (and SIGUSR2's default would kill us).
+    signal.signal(MOVE_WEBSOCKETS, signal.SIG_IGN)
     die_with_supervisor(spec.supervisor_pid)
     # The app may want to know which worker it runs in: the slot is stable across reloads, the generation is not.
     os.environ["WSUP_SLOT"] = str(spec.slot)
