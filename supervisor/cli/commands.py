@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,14 +14,8 @@ import psutil
 
 from ipc import control
 from ipc.bus_remote import publish_to_instance
-from ipc.endpoints import (
-    find_instance,
-    instance_paths,
-    read_info,
-    running_instances,
-    runtime_root,
-)
-from ipc.errors import AmbiguousInstanceError, ConfigError, SupervisorTimeoutError, WsupError
+from ipc.endpoints import InstanceDir, InstancePaths, find_instance, instance_paths, read_info, running_instances
+from ipc.errors import AmbiguousInstanceError, ConfigError, RunDirectoryGoneError, SupervisorTimeoutError, WsupError
 from supervisor.cli.daemon import notify, start_detached
 from supervisor.cli.status_view import render_instances, render_status
 from supervisor.config import SupervisorConfig, parse_instances
@@ -30,8 +26,11 @@ START_OPTIONS = frozenset(
     {"app", "instances", "name", "host", "port", "factory", "app_dir", "log_level", "access_log", "balance"}
     | {"graceful_timeout", "ready_timeout", "heartbeat_timeout", "ws_drain_window", "reload_batch"}
     | {"bus_queue", "bus_policy", "bus_max_bytes", "bus_coalesce_ms"}
+    | {"max_header_bytes", "header_timeout", "idle_timeout", "max_connections"}
 )
 CONTROL_TIMEOUT_S = 5.0
+# A signalled stop cannot learn the instance's --graceful-timeout: wait for the default drain and then some.
+SIGNALLED_STOP_TIMEOUT_S = 120.0
 
 
 def config_from_args(args: argparse.Namespace) -> SupervisorConfig:
@@ -63,10 +62,25 @@ async def start_foreground(args: argparse.Namespace) -> int:
 
 def start_daemon(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     config = config_from_args(args)  # fail on bad input here, before anything is spawned
-    instance_paths(config.name)
-    log_file = args.log_file or str(runtime_root() / f"{config.name}.log")
-    info = start_detached(["start", *argv], Path(log_file), timeout=config.ready_timeout + 15)
-    return {**info, "log": log_file}
+    paths = instance_paths(config.name)
+    log_file, log_fd = _open_daemon_log(paths, args.log_file)
+    info = start_detached(["start", *argv], log_fd, log_file, timeout=config.ready_timeout + 15)
+    return {**info, "log": str(log_file)}
+
+
+def _open_daemon_log(paths: InstancePaths, explicit: str | None) -> tuple[Path, int]:
+    """The ``--daemon`` log: the path the user named, or ``wsup.log`` in the instance's directory, opened only
+    after that directory was verified (no link followed, ours, private)."""
+    if explicit:
+        try:
+            return Path(explicit), os.open(explicit, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"--log-file {explicit}: {exc.strerror}") from None
+    directory = InstanceDir(paths, create=True)
+    try:
+        return paths.log_file, directory.open_log()
+    finally:
+        directory.close()
 
 
 def notify_failure(fd: int, error: WsupError) -> None:
@@ -77,15 +91,27 @@ def status(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, An
     try:
         paths = find_instance(name)
     except AmbiguousInstanceError:
-        return [read_info(p) for p in running_instances()]
+        running = running_instances()
+        if not running:  # the same name in several other run directories: the error says which
+            raise
+        return [read_info(p) for p in running]
     return control.call(paths.control, "status", timeout=timeout)
 
 
 def rollout(
     name: str | None, cmd: str, args: dict[str, Any], on_progress: control.ProgressSink | None, timeout: float
 ) -> dict[str, Any]:
-    """Run a reload, restart or scale; the supervisor sends a heartbeat every second, so ``timeout`` bounds silence."""
-    paths = find_instance(name)
+    """Run a reload, restart or scale; the supervisor sends a heartbeat every second, so ``timeout`` bounds silence.
+
+    A reload of an instance whose run directory is gone is asked for by SIGHUP (the same request in the supervisor);
+    it then reports nothing back: ``{"signalled": pid}``."""
+    try:
+        paths = find_instance(name)
+    except RunDirectoryGoneError as exc:
+        if cmd != "reload":
+            raise
+        os.kill(exc.pid, signal.SIGHUP)
+        return {"signalled": exc.pid}
     return control.call(paths.control, cmd, args, timeout=timeout, on_progress=on_progress)
 
 
@@ -102,8 +128,21 @@ def publish(
 
 
 def stop(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> str:
-    """Stop an instance and wait until the supervisor and every worker are gone (so the port is free)."""
-    paths = find_instance(name)
+    """Stop an instance and wait until the supervisor and every worker are gone (so the port is free).
+
+    An instance whose run directory is gone is stopped by SIGTERM (the same drain as `wsup stop`); its workers
+    die with their supervisor, so waiting for the supervisor is enough."""
+    try:
+        paths = find_instance(name)
+    except RunDirectoryGoneError as exc:
+        try:
+            supervisor = psutil.Process(exc.pid)
+        except psutil.NoSuchProcess:
+            return name or str(exc.pid)
+        os.kill(exc.pid, signal.SIGTERM)
+        if _wait_gone([supervisor], SIGNALLED_STOP_TIMEOUT_S):
+            raise SupervisorTimeoutError(f"supervisor {exc.pid} still runs after SIGTERM: kill it") from None
+        return name or str(exc.pid)
     result = control.call(paths.control, "stop", timeout=timeout)
     deadline = float(result.get("graceful_timeout", 30.0)) + 10.0
     procs = []

@@ -20,20 +20,23 @@ from ipc.errors import StartupError, error_from_kind
 from supervisor.child_env import child_env
 
 
-def start_detached(argv: list[str], log_file: Path, timeout: float) -> dict[str, Any]:
+def start_detached(argv: list[str], log_fd: int, log_file: Path, timeout: float) -> dict[str, Any]:
+    """Spawn the supervisor with its output on ``log_fd`` (opened by the caller: in the verified instance
+    directory, or at the path the user named) and wait for its one-line verdict."""
     read_fd, write_fd = os.pipe()
-    log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
+    try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.cli", *argv, "--notify-fd", str(write_fd)],
             pass_fds=(write_fd,),
             start_new_session=True,
             stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
+            stdout=log_fd,
+            stderr=log_fd,
             env=child_env(),
         )
-    os.close(write_fd)
+    finally:
+        os.close(write_fd)
+        os.close(log_fd)
     try:
         data = b""
         deadline = time.monotonic() + timeout

@@ -23,6 +23,7 @@ from ipc.bus_proxy import BusProxy
 from ipc.control import ControlServer
 from ipc.endpoints import InstanceLock, InstancePaths
 from ipc.errors import WsupError
+from ipc.locator import Locator
 from ipc.messages import Failed, Ready, Request
 from ipc.settings import WorkerSpec
 from ipc.stats import StatsReceiver
@@ -58,6 +59,10 @@ class Supervisor:
     async def run(self, on_ready: Callable[[dict[str, Any]], None]) -> None:
         config, paths = self.config, self.paths
         async with contextlib.AsyncExitStack() as stack:
+            # The name in the abstract namespace first: it is there even when the run directory was deleted
+            # under a running instance, so a second one of the same name cannot start beside it.
+            found_by = Locator.claim(paths.name, paths.directory)
+            stack.callback(found_by.close)
             lock = InstanceLock(paths)
             stack.callback(lock.release)
             context = zmq.asyncio.Context()
@@ -91,6 +96,7 @@ class Supervisor:
             self.tasks.supervise("stats", self._pump_stats)
             self.tasks.supervise("control", self.control.serve)
             self.tasks.supervise("signals", self._run_signals)
+            self.tasks.supervise("locator", found_by.serve)
             try:
                 await self.fleet.start(config.workers)
                 logger.info("%d workers ready on %s (%s)", config.workers, address.url, self.steering.mode)
