@@ -23,6 +23,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from ipc.bus_queue import CLOSE_TRY_AGAIN_LATER, Backlog, Outcome
 from ipc.bus_wire import BusMessage, Kind, websocket_frame
 from ipc.errors import SlowConsumerError
+from ipc.messages import MAX_COUNT
 from ipc.websocket_close import close_websocket
 
 logger = logging.getLogger("wsup.bus")
@@ -50,9 +51,11 @@ class BusCounters:
     disconnected_slow: int = 0  # members cut off for being slow (disconnect)
     malformed: int = 0  # bus messages that failed validation, dropped
     too_large: int = 0  # publishes refused for exceeding the size limit
+    seq_jumps: int = 0  # sequence numbers far past the last one seen: a restarted or forged publisher, not a loss
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """The counters, saturated at MAX_COUNT: the supervisor refuses a report with anything larger."""
+        return {key: min(value, MAX_COUNT) for key, value in asdict(self).items()}
 
 
 class Member:

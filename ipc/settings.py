@@ -59,6 +59,11 @@ class WorkerSettings:
     bus_policy: str = "drop-oldest"  # what a full queue does: drop-oldest or disconnect
     bus_max_bytes: int = DEFAULT_MAX_BYTES  # largest message the bus accepts
     bus_coalesce_ms: float = 5.0  # under load, a client's messages of this window share one write (0: never)
+    # HTTP limits (supervisor.worker.http_limits): what one client may cost a worker.
+    max_header_bytes: int = 64 * 1024  # request line + headers; more is answered 431 and the connection closed
+    header_timeout: float = 20.0  # from a request's first byte to the end of its headers (slowloris); 0: off
+    idle_timeout: float = 10.0  # a new connection that sends nothing this long is closed; 0: off
+    max_connections: int = 0  # per worker, past it new connections get 503; 0: the descriptor limit less 128
 
     def __post_init__(self) -> None:
         validate_app_path(self.app)
@@ -72,6 +77,10 @@ class WorkerSettings:
         Policy.parse(self.bus_policy)
         check_range("bus_max_bytes", self.bus_max_bytes, 1, MAX_BUS_MAX_BYTES)
         check_range("bus_coalesce_ms", self.bus_coalesce_ms, 0, 1000)
+        check_range("max_header_bytes", self.max_header_bytes, 1024, 16 << 20)
+        check_range("header_timeout", self.header_timeout, 0, 3600)
+        check_range("idle_timeout", self.idle_timeout, 0, 3600)
+        check_range("max_connections", self.max_connections, 0, 10_000_000)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from ipc.signals import CLOSE_CODE_FOR, CLOSE_GOING_AWAY, IGNORED_BY_WORKERS
 from ipc.stats import Counts, StatsReporter
 from supervisor.worker.app_loader import load_app
 from supervisor.worker.drain import drain
+from supervisor.worker.http_limits import HttpLimits, automatic_max_connections
 from supervisor.worker.protocols import WorkerConnections, WsupHttpProtocol, WsupServerState, WsupWebSocketProtocol
 
 logger = logging.getLogger("wsup.worker")
@@ -85,7 +86,14 @@ class Worker:
         self.spec = spec
         # The page the supervisor reads this worker's live connection counts from (private memory without one).
         shared = ConnectionCounters.attach(spec.counters_fd).cells if spec.counters_fd >= 0 else None
-        self.connections = WorkerConnections(shared)
+        settings = spec.settings
+        limits = HttpLimits(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout=settings.header_timeout,
+            idle_timeout=settings.idle_timeout,
+            max_connections=settings.max_connections or automatic_max_connections(),
+        )
+        self.connections = WorkerConnections(shared, limits)
         self.close_code = CLOSE_GOING_AWAY
         self.server: uvicorn.Server | None = None
         self.bus: WorkerBus | None = None
@@ -166,6 +174,7 @@ class Worker:
             os.dup2(spec.log_fd, 2)
             os.close(spec.log_fd)
         reporter_task = asyncio.create_task(self.reporter.run())
+        guard_task = asyncio.create_task(self.connections.guard.run())
         logger.info("serving %s (slot %d, generation %d)", settings.app, spec.slot, spec.generation)
 
         await server.main_loop()
@@ -188,6 +197,7 @@ class Worker:
         # One last report, so the supervisor sees the final counts of this worker.
         self.reporter.send_report(self.counts(), 0.0)
         reporter_task.cancel()
+        guard_task.cancel()
         bus.close()
 
 
