@@ -233,22 +233,24 @@ def running_instances(root: Path | None = None) -> list[InstancePaths]:
 
 def find_instance(name: str | None, root: Path | None = None) -> InstancePaths:
     """The instance a CLI command should talk to: the named one, or the only one running. Looked for in the run
-    root first, then through the locators of this user's supervisors (another run root, or a deleted one)."""
+    root first, then through the locators of this user's supervisors: in that root (its directory was deleted) if
+    the root was named (``root`` or ``$WSUP_RUN_DIR``), else in any (started with another environment)."""
     base = root or runtime_root()
+    anywhere = root is None and not os.environ.get(RUN_DIR_ENV)
     if name is not None:
         paths = instance_paths(name, base)
-        return paths if is_running(paths) else _locate(name, base)
+        return paths if is_running(paths) else _locate(name, base, anywhere)
     running = running_instances(base)
     if len(running) > 1:
         names = ", ".join(p.name for p in running)
         raise AmbiguousInstanceError(f"several instances are running ({names}): pass --name to choose one")
-    return running[0] if running else _locate(None, base)
+    return running[0] if running else _locate(None, base, anywhere)
 
 
-def _locate(name: str | None, base: Path) -> InstancePaths:
+def _locate(name: str | None, base: Path, anywhere: bool) -> InstancePaths:
     reachable: list[InstancePaths] = []
     gone: list[locator.Located] = []
-    for found in locator.find(name):
+    for found in locator.find(name, root=None if anywhere else Path(os.path.abspath(base))):
         paths = InstancePaths(found.name, found.directory)
         try:
             alive = is_running(paths)
@@ -274,7 +276,8 @@ def _locate(name: str | None, base: Path) -> InstancePaths:
             f" is gone: `wsup stop`/`reload` reach it by signal, or `kill -TERM {lost.pid}` stops it",
             lost.pid,
         )
+    elsewhere = " nor in any other run directory of yours" if anywhere else ""
     raise NotRunningError(
-        f"no running wsup instance {what}in {base} (the run directory; {RUN_DIR_ENV} chooses another) nor"
-        " anywhere else for this user: start one with `wsup start APP`"
+        f"no running wsup instance {what}in {base} (the run directory; {RUN_DIR_ENV} chooses another){elsewhere}:"
+        " start one with `wsup start APP`"
     )

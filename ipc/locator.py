@@ -44,9 +44,13 @@ class Located:
     directory: Path
 
 
-def address(uid: int, root: Path, name: str) -> str:
+def _root_prefix(uid: int, root: Path) -> str:
     digest = hashlib.sha256(os.fsencode(os.path.abspath(root))).hexdigest()[:16]
-    return f"{_PREFIX}{uid}/{digest}/{name}"
+    return f"{_PREFIX}{uid}/{digest}/"
+
+
+def address(uid: int, root: Path, name: str) -> str:
+    return _root_prefix(uid, root) + name
 
 
 def _peer(sock: socket.socket) -> tuple[int, int]:
@@ -79,9 +83,10 @@ def query(name: str, where: str, uid: int | None = None) -> Located | None:
     return Located(name, pid, Path(directory))
 
 
-def listening(uid: int | None = None) -> list[tuple[str, str]]:
-    """(name, address) of every wsup locator of ``uid`` the kernel lists (``/proc/net/unix``)."""
-    prefix = f"@{_PREFIX}{os.getuid() if uid is None else uid}/"
+def listening(uid: int | None = None, root: Path | None = None) -> list[tuple[str, str]]:
+    """(name, address) of every wsup locator of ``uid`` (in run root ``root``, if given) the kernel lists."""
+    owner = os.getuid() if uid is None else uid
+    prefix = "@" + (_root_prefix(owner, root) if root is not None else f"{_PREFIX}{owner}/")
     found: set[tuple[str, str]] = set()
     try:
         with open("/proc/net/unix", "rb") as table:
@@ -96,10 +101,10 @@ def listening(uid: int | None = None) -> list[tuple[str, str]]:
     return sorted(found)
 
 
-def find(name: str | None = None, uid: int | None = None) -> list[Located]:
-    """Every running instance of ``uid`` (named ``name``, if given), whatever its run directory."""
+def find(name: str | None = None, uid: int | None = None, root: Path | None = None) -> list[Located]:
+    """Every running instance of ``uid`` (named ``name``, if given) in run root ``root``, or in any if None."""
     located = []
-    for found_name, where in listening(uid):
+    for found_name, where in listening(uid, root):
         if name is None or found_name == name:
             answer = query(found_name, where, uid)
             if answer is not None:

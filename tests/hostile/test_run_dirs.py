@@ -69,14 +69,19 @@ def test_stop_removes_only_what_wsup_created(start_wsup: Callable[..., Instance]
     assert sorted(p.name for p in (run_dir / "own").iterdir()) == ["notes.txt"]
 
 
-def test_status_finds_an_instance_from_another_run_directory(start_wsup: Callable[..., Instance]) -> None:
-    wsup = start_wsup("app:asgi", name="elsewhere")
+def test_status_finds_an_instance_from_another_environment(start_wsup: Callable[..., Instance], run_dir: Path) -> None:
+    name = f"elsewhere-{run_dir.name}"  # unique on this machine: without WSUP_RUN_DIR every root of ours is searched
+    wsup = start_wsup("app:asgi", name=name)
     wsup.wait_ready(1)
-    other = Path(wsup.env["WSUP_RUN_DIR"]) / "other-root"
-    env = {**wsup.env, "WSUP_RUN_DIR": str(other), "XDG_RUNTIME_DIR": str(other)}
-    result = run_cli("status", "--name", "elsewhere", "--json", env=env)
+    other = run_dir / "xdg"
+    other.mkdir(mode=0o700)
+    env = {key: value for key, value in wsup.env.items() if key != "WSUP_RUN_DIR"} | {"XDG_RUNTIME_DIR": str(other)}
+    result = run_cli("status", "--name", name, "--json", env=env)
     assert result.returncode == 0, result.stderr
     assert f'"port": {wsup.port}' in result.stdout
+    # A run root that is named explicitly is the only one searched: the error says where it looked.
+    named = run_cli("status", "--name", name, env={**wsup.env, "WSUP_RUN_DIR": str(other)})
+    assert f"in {other} (the run directory; WSUP_RUN_DIR chooses another)" in _one_line_error(named, 3)
 
 
 def test_a_deleted_run_directory_still_reaches_the_instance_and_keeps_its_name(
