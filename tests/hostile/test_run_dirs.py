@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ipc.errors import ConfigError
+from ipc.run_dirs import default_root, open_root
 from tests.wsup_harness import Instance, free_port, run_cli, wait_until
 
 NOBODY = 65534
@@ -99,3 +101,32 @@ def test_a_deleted_run_directory_still_reaches_the_instance_and_keeps_its_name(
     stop = wsup.cli("stop", "--name", "gone")
     assert stop.returncode == 0, stop.stderr
     wait_until(lambda: wsup.proc.poll() is not None, 30, what="the supervisor to exit")
+
+
+def test_default_run_roots(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("WSUP_RUN_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    if os.getuid() == 0:
+        assert default_root() == Path("/run/wsup")  # never a guessable name in a world-writable directory
+    else:
+        assert default_root() == tmp_path / "wsup"
+    monkeypatch.setenv("WSUP_RUN_DIR", str(tmp_path / "chosen"))
+    assert default_root() == tmp_path / "chosen"
+
+
+@needs_root
+def test_a_link_planted_by_another_user_on_the_way_is_refused(tmp_path: Path) -> None:
+    sticky = tmp_path / "shared"
+    sticky.mkdir(mode=0o1777)
+    sticky.chmod(0o1777)
+    (tmp_path / "real").mkdir()
+    planted = sticky / "via"
+    planted.symlink_to(tmp_path / "real")
+    os.chown(planted, NOBODY, NOBODY, follow_symlinks=False)
+    with pytest.raises(ConfigError, match=f"symbolic link of uid {NOBODY}"):
+        open_root(planted / "wsup", create=True)
+    assert not (tmp_path / "real" / "wsup").exists()
+    trusted = sticky / "mine"
+    trusted.symlink_to(tmp_path / "real")  # root's own link is followed
+    os.close(open_root(trusted / "wsup", create=True))
+    assert stat.S_IMODE((tmp_path / "real" / "wsup").stat().st_mode) == 0o700
