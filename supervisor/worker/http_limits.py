@@ -88,7 +88,10 @@ class ConnectionGuard:
         while True:
             await asyncio.sleep(TICK_S)
             self.tick += 1
-            self.sweep()
+            try:
+                self.sweep()
+            except Exception:  # never seen; the sweep must outlive any one connection's surprise
+                logger.exception("HTTP limits: sweep failed")
 
     def sweep(self) -> None:
         tick = self.tick
