@@ -11,7 +11,7 @@ from collections.abc import Callable
 import psutil
 
 from tests.clients import http_get
-from tests.wsup_harness import Instance, eventually
+from tests.wsup_harness import Instance, eventually, wait_until
 
 HEADER_TIMEOUT = "2"
 IDLE_TIMEOUT = "1"
@@ -104,3 +104,21 @@ def test_unread_body_does_not_keep_the_connection(start_wsup: Callable[..., Inst
                 sock.sendall(chunk)
                 sent += len(chunk)
     assert sent < 100 << 20, "the worker read the whole 100 MiB body of a request it had answered"
+
+
+def test_connections_past_the_cap_get_503(start_wsup: Callable[..., Instance]) -> None:
+    instance = start_wsup("app:asgi", "-i", "1", "--max-connections", "5")
+    instance.wait_ready(1)
+    held = [socket.create_connection(("127.0.0.1", instance.port), timeout=30) for _ in range(5)]
+    try:
+        for sock in held:  # each is served: the cap counts live connections, these among them
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(64).startswith(b"HTTP/1.1 200 ")
+        with socket.create_connection(("127.0.0.1", instance.port), timeout=30) as extra:
+            assert extra.recv(64).startswith(b"HTTP/1.1 503 ")
+    finally:
+        for sock in held:
+            sock.close()
+    # Below the cap again once the worker has seen those connections end.
+    wait_until(lambda: http_get(instance.port, "/health")[0] == 200, 20, 0.1, "a request served below the cap")
+    wait_until(lambda: "1 connections refused at the cap (--max-connections 5)" in instance.log(), 20, 0.1, "the log")
