@@ -25,6 +25,13 @@ logger = logging.getLogger("wsup.bus")
 # Publishers keep a sequence number per channel; past this many channels the least recently used is forgotten,
 # and its next message restarts at 1, which receivers take as a new sequence, not as a loss.
 MAX_SEQ_CHANNELS: Final = 65_536
+# A gap in one origin's sequence larger than this is not a loss (ZeroMQ cannot drop that many between two messages
+# a receiver sees: its queues hold BUS_HWM each) but a restarted or hostile publisher: counted as a jump, and the
+# new number becomes the baseline, so a forged 2**64-1 never turns into an absurd loss count.
+MAX_SEQ_GAP: Final = 1 << 20
+# Origins remembered per channel (a worker's pid, the supervisor's); past this the oldest is forgotten, so frames
+# with made-up origins cannot grow a channel's table without bound.
+MAX_ORIGINS: Final = 4096
 SWEEP_S: Final = 1.0  # how often members whose connection ended without a leave() are looked for
 
 
@@ -185,10 +192,17 @@ class Hub:
             return
         counters = self.counters
         counters.received += 1
-        last = channel.last_seq.get(message.origin, 0)
+        last_seq = channel.last_seq
+        last = last_seq.get(message.origin, 0)
         if last and message.seq > last + 1:
-            counters.lost += message.seq - last - 1
-        channel.last_seq[message.origin] = message.seq  # a smaller seq is a restarted publisher: a new baseline
+            gap = message.seq - last - 1
+            if gap <= MAX_SEQ_GAP:
+                counters.lost += gap
+            else:
+                counters.seq_jumps += 1
+        elif not last and len(last_seq) >= MAX_ORIGINS:
+            del last_seq[next(iter(last_seq))]
+        last_seq[message.origin] = message.seq  # a smaller seq is a restarted publisher: a new baseline
         skip = message.exclude if message.origin == self.origin else 0
         dead: list[Member] = []
         delivered = 0

@@ -23,6 +23,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from ipc.bus_queue import CLOSE_TRY_AGAIN_LATER, Backlog, Outcome
 from ipc.bus_wire import BusMessage, Kind, websocket_frame
 from ipc.errors import SlowConsumerError
+from ipc.messages import MAX_COUNT
 from ipc.websocket_close import close_websocket
 
 logger = logging.getLogger("wsup.bus")
@@ -56,9 +57,11 @@ class BusCounters:
     manager_dropped: int = 0  # manager messages dropped because that backlog reached its (large) bound
     manager_unsent: int = 0  # manager messages not published: the bus queue stayed full past the wait
     manager_malformed: int = 0  # manager messages that were not a valid python-socketio message, dropped
+    seq_jumps: int = 0  # sequence numbers far past the last one seen: a restarted or forged publisher, not a loss
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """The counters, saturated at MAX_COUNT: the supervisor refuses a report with anything larger."""
+        return {key: min(value, MAX_COUNT) for key, value in asdict(self).items()}
 
 
 class Member:

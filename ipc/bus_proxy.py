@@ -21,7 +21,17 @@ from typing import Any, Final
 
 import zmq
 
-from ipc.bus_wire import BUS_HWM, INTERNAL_PREFIX, Kind, check_size, encode, topic, validate_channel
+from ipc.bus_wire import (
+    BUS_HWM,
+    INTERNAL_PREFIX,
+    SUBSCRIPTION_MAX_BYTES,
+    Kind,
+    check_size,
+    encode,
+    frame_limit,
+    topic,
+    validate_channel,
+)
 from ipc.errors import BusError, StartupError
 from ipc.messages import JSONObject
 
@@ -43,10 +53,10 @@ class BusProxy:
         self._sockets: list[zmq.Socket[bytes]] = []
         self._thread: threading.Thread | None = None
         try:
-            self._xsub = self._socket(zmq.XSUB, zmq.RCVHWM, hwm)
+            self._xsub = self._socket(zmq.XSUB, zmq.RCVHWM, hwm, frame_limit(max_bytes))
             self._xsub.bind(bus_in)
             self._xsub.send(b"\x01")  # subscribe to every channel: see the module docstring
-            self._xpub = self._socket(zmq.XPUB, zmq.SNDHWM, hwm)
+            self._xpub = self._socket(zmq.XPUB, zmq.SNDHWM, hwm, SUBSCRIPTION_MAX_BYTES)
             self._xpub.bind(bus_out)
             control = f"inproc://wsup-bus-control-{id(self)}"
             self._control = self._socket(zmq.PAIR, zmq.SNDHWM, 1)
@@ -60,10 +70,13 @@ class BusProxy:
             self.close()
             raise StartupError(f"cannot open the broadcast bus at {bus_in} / {bus_out}: {exc}") from None
 
-    def _socket(self, kind: int, hwm_option: int, hwm: int) -> zmq.Socket[bytes]:
+    def _socket(self, kind: int, hwm_option: int, hwm: int, max_frame: int = -1) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(hwm_option, hwm)
+        # Frames larger than any valid one are refused by ZeroMQ before they are read into memory (-1: no limit,
+        # for the in-process sockets).
+        sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
         self._sockets.append(sock)
         return sock
 

@@ -28,6 +28,17 @@ DEFAULT_MAX_BYTES: Final = 1 << 20
 # Messages queued per ZeroMQ pipe (worker → proxy, proxy → worker) before the high-water mark drops: about 12 s
 # of the benchmark's 800 msg/s. Drops past it are counted: by the publisher (send refused) or the receiver (gap).
 BUS_HWM: Final = 10_000
+# ZeroMQ's ZMQ_MAXMSGSIZE is checked per frame, before the frame is read: the payload frame is the largest.
+_FRAME_SLACK: Final = 1024
+# What a socket that only receives subscriptions (XPUB, a worker's PUB) accepts: a topic and its (un)subscribe byte.
+SUBSCRIPTION_MAX_BYTES: Final = MAX_CHANNEL_BYTES + 2 + _FRAME_SLACK
+
+
+def frame_limit(max_bytes: int) -> int:
+    """ZMQ_MAXMSGSIZE for a socket that receives bus messages of at most ``max_bytes`` (``--bus-max-bytes``)."""
+    return max_bytes + _FRAME_SLACK
+
+
 # Channels whose name starts with this byte belong to the bus itself (its start-up probe); users cannot take them.
 INTERNAL_PREFIX: Final = "\x01"
 _MAX_U32: Final = (1 << 32) - 1

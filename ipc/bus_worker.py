@@ -18,7 +18,7 @@ import zmq
 
 from ipc.bus_hub import Channel, Hub
 from ipc.bus_queue import Policy
-from ipc.bus_wire import BUS_HWM, INTERNAL_PREFIX, Kind, decode, encode, topic
+from ipc.bus_wire import BUS_HWM, INTERNAL_PREFIX, SUBSCRIPTION_MAX_BYTES, Kind, decode, encode, frame_limit, topic
 from ipc.errors import BusError, ProtocolError
 
 logger = logging.getLogger("wsup.bus")
@@ -65,10 +65,12 @@ class WorkerBus(Hub):
         self._pub.setsockopt(zmq.SNDHWM, hwm)
         # Without NODROP a PUB at its high-water mark drops in silence; with it, send() says so and we count it.
         self._pub.setsockopt(zmq.XPUB_NODROP, 1)
+        self._pub.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)  # it only ever receives subscriptions
         self._pub.connect(bus_in)
         self._sub = self._context.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.RCVHWM, hwm)
+        self._sub.setsockopt(zmq.MAXMSGSIZE, frame_limit(max_bytes))
         self._sub.connect(bus_out)
         self._fd: int = self._sub.FD
         self._loop: asyncio.AbstractEventLoop | None = None

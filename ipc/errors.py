@@ -33,6 +33,14 @@ class NotRunningError(WsupError):
     exit_code = 3
 
 
+class RunDirectoryGoneError(NotRunningError):
+    """An instance runs (its locator answered) but its run directory was deleted, so its sockets are unreachable."""
+
+    def __init__(self, reason: str, pid: int = 0) -> None:
+        super().__init__(reason)
+        self.pid = pid
+
+
 class AmbiguousInstanceError(WsupError):
     """Several instances are running and the request did not name one."""
 

@@ -80,6 +80,11 @@ class WorkerSettings:
     header: tuple[str, ...] = ()  # extra response headers, "Name: value"
     log_file: str | None = None  # where the supervisor and workers log; None: the supervisor's stderr
     log_format: str = "text"  # text, or json: one object per line
+    # HTTP limits (supervisor.worker.http_limits): what one client may cost a worker.
+    max_header_bytes: int = 64 * 1024  # request line + headers; more is answered 431 and the connection closed
+    header_timeout: float = 20.0  # from a request's first byte to the end of its headers (slowloris); 0: off
+    idle_timeout: float = 10.0  # a new connection that sends nothing this long is closed; 0: off
+    max_connections: int = 0  # per worker, past it new connections get 503; 0: the descriptor limit less 128
 
     def __post_init__(self) -> None:
         validate_app_path(self.app)
@@ -94,6 +99,10 @@ class WorkerSettings:
         Policy.parse(self.bus_policy)
         check_range("bus_max_bytes", self.bus_max_bytes, 1, MAX_BUS_MAX_BYTES)
         check_range("bus_coalesce_ms", self.bus_coalesce_ms, 0, 1000)
+        check_range("max_header_bytes", self.max_header_bytes, 1024, 16 << 20)
+        check_range("header_timeout", self.header_timeout, 0, 3600)
+        check_range("idle_timeout", self.idle_timeout, 0, 3600)
+        check_range("max_connections", self.max_connections, 0, 10_000_000)
         self._check_uvicorn_options()
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")

@@ -16,12 +16,14 @@ import zmq
 import zmq.asyncio
 
 from ipc.errors import ProtocolError
-from ipc.messages import Failed, JSONObject, Message, Ready, Report, decode, encode
+from ipc.messages import MAX_MESSAGE_BYTES, Failed, JSONObject, Message, Ready, Report, decode, encode
 
 logger = logging.getLogger("wsup.stats")
 
 REPORT_TICK_S = 0.05  # how often counts are sampled; a change is reported at the next tick
 HEARTBEAT_S = 0.1  # the longest silence between two reports of a healthy worker
+# Reports queued for the supervisor: over 7 s of 128 workers' heartbeats; a worker counts what it cannot send.
+STATS_HWM = 10_000
 
 
 class Counts(NamedTuple):
@@ -118,7 +120,9 @@ class StatsReceiver:
     def __init__(self, context: zmq.asyncio.Context, endpoint: str) -> None:
         self._socket = context.socket(zmq.PULL)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.RCVHWM, 10_000)
+        self._socket.setsockopt(zmq.RCVHWM, STATS_HWM)
+        # A frame larger than any valid report is refused by ZeroMQ before it is read into memory.
+        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self._socket.bind(endpoint)
         self.malformed = 0
 
@@ -131,7 +135,8 @@ class StatsReceiver:
                     raise ProtocolError(f"unexpected {message.TAG} message on the stats socket")
             except ProtocolError as exc:
                 self.malformed += 1
-                logger.warning("dropped a malformed stats message (%d so far): %s", self.malformed, exc)
+                if self.malformed <= 10 or self.malformed % 1000 == 0:  # a flood must not flood the log too
+                    logger.warning("dropped a malformed stats message (%d so far): %s", self.malformed, exc)
                 continue
             return message
 

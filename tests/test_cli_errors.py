@@ -90,7 +90,11 @@ def test_unknown_command_and_no_command(wsup_env: dict[str, str]) -> None:
 def test_no_running_instance(wsup_env: dict[str, str], command: str) -> None:
     result = run_cli(command, env=wsup_env)
     assert result.returncode == 3
-    assert result.stderr.strip() == "wsup: no running wsup instance: start one with `wsup start APP`"
+    # The error says where it looked and how to look elsewhere (issue: a different environment found nothing).
+    assert result.stderr.strip() == (
+        f"wsup: no running wsup instance in {wsup_env['WSUP_RUN_DIR']} (the run directory; WSUP_RUN_DIR chooses"
+        " another): start one with `wsup start APP`"
+    )
     named = run_cli(command, "--name", "ghost", env=wsup_env)
     assert named.returncode == 3 and "'ghost'" in named.stderr
 
@@ -142,8 +146,9 @@ def test_malformed_and_oversized_messages_are_counted_not_fatal(start_wsup: Call
         context.term()
 
     def counted() -> bool:
+        # The 300,000-byte frame is past ZMQ_MAXMSGSIZE: ZeroMQ cuts its sender off before reading it, uncounted.
         ipc = wsup.status()["ipc"]
-        return bool(ipc["malformed_stats"] == 5 and ipc["malformed_control"] == 1)
+        return bool(ipc["malformed_stats"] == 4 and ipc["malformed_control"] == 1)
 
     wait_until(counted, 10, 0.1, "malformed messages to be counted")
     assert wsup.status()["totals"]["ready"] == 1

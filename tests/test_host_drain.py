@@ -5,10 +5,23 @@ failed connect; resume brings new connections back; a reload after the resume st
 from __future__ import annotations
 
 import asyncio
+import http.client
 from collections.abc import Callable
+
+import orjson
 
 from tests.multihost import HAProxy, Roamer, need, until
 from tests.wsup_harness import Instance, free_port, wait_until
+
+
+def _health(host: str, port: int) -> tuple[int, list[str]]:
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request("GET", "/health", headers={"Authorization": "Bearer " + "t" * 32})
+        response = conn.getresponse()
+        return response.status, orjson.loads(response.read()).get("reasons", [])
+    finally:
+        conn.close()
 
 
 def ready_pids(instance: Instance) -> set[int]:
@@ -24,10 +37,13 @@ def test_drain_moves_websockets_to_the_other_host_and_resume_brings_them_back(
     start_wsup: Callable[..., Instance],
 ) -> None:
     need("haproxy")
-    port, agent_port = free_port(), free_port()
+    port, agent_port, admin_port = free_port(), free_port(), free_port()
     hosts = {}
     for name, address in (("h1", "127.0.0.2"), ("h2", "127.0.0.3")):
-        hosts[name] = start_wsup("app:asgi", "--host", address, "--agent-port", str(agent_port), name=name, port=port)
+        admin = ("--admin", f"{address}:{admin_port}", "--admin-token", "t" * 32)  # /health for HTTP-only balancers
+        hosts[name] = start_wsup(
+            "app:asgi", "--host", address, "--agent-port", str(agent_port), *admin, name=name, port=port
+        )
     h1, h2 = hosts["h1"], hosts["h2"]
     h1.wait_ready(1)
     h2.wait_ready(1)
@@ -56,9 +72,12 @@ def test_drain_moves_websockets_to_the_other_host_and_resume_brings_them_back(
                 await asyncio.to_thread(wait_until, lambda: websockets_of(h1) == 0, 30, 0.1, "h1 empty")
                 status = await asyncio.to_thread(h1.status)
                 assert status["host_drain"]["draining"] is True and status["host_drain"]["move"] == "moving"
+                assert _health("127.0.0.2", admin_port) == (503, ["draining"])  # for balancers that speak HTTP only
+                assert _health("127.0.0.3", admin_port)[0] == 200
 
                 resumed = await asyncio.to_thread(h1.cli, "resume", "--name", "h1")
                 assert resumed.returncode == 0, resumed.stderr
+                assert _health("127.0.0.2", admin_port)[0] == 200
                 await asyncio.to_thread(
                     wait_until, lambda: haproxy.servers()["h0"]["status"] == "UP", 30, 0.1, "h1 UP again in HAProxy"
                 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,14 +16,8 @@ import psutil
 
 from ipc import control
 from ipc.bus_remote import publish_to_instance
-from ipc.endpoints import (
-    find_instance,
-    instance_paths,
-    read_info,
-    running_instances,
-    runtime_root,
-)
-from ipc.errors import AmbiguousInstanceError, ConfigError, SupervisorTimeoutError, WsupError
+from ipc.endpoints import InstanceDir, InstancePaths, find_instance, instance_paths, read_info, running_instances
+from ipc.errors import AmbiguousInstanceError, ConfigError, RunDirectoryGoneError, SupervisorTimeoutError, WsupError
 from ipc.settings import PASSWORD_ENV, WorkerSettings
 from supervisor.admin_address import TOKEN_ENV
 from supervisor.cli.daemon import notify, start_detached
@@ -40,6 +35,8 @@ START_OPTIONS = frozenset(
 )
 CONTROL_TIMEOUT_S = 5.0
 MAX_SECRET_BYTES = 4096
+# A signalled stop cannot learn the instance's --graceful-timeout: wait for the default drain and then some.
+SIGNALLED_STOP_TIMEOUT_S = 120.0
 
 
 def config_from_options(given: Mapping[str, Any]) -> SupervisorConfig:
@@ -100,18 +97,33 @@ async def start_foreground(options: Mapping[str, Any], notify_fd: int | None) ->
 def start_daemon(options: Mapping[str, Any], argv: list[str], config_path: Path | None) -> dict[str, Any]:
     """Start the same `wsup start` detached. The child reads the same config file (named explicitly: the
     directory it was found in could change meanwhile), and gets the key's password through its environment,
-    not its command line."""
+    not its command line. Its log is opened here, after the instance's directory was verified."""
     config = config_from_options(options)  # fail on bad input here, before anything is spawned
-    instance_paths(config.name)
-    log_file = config.worker.log_file or str(runtime_root() / f"{config.name}.log")
+    paths = instance_paths(config.name)
+    log_file, log_fd = _open_daemon_log(paths, config.worker.log_file)
     argv = _without_secret([a for a in argv if a != "--daemon"])
-    if config.worker.log_file is None:  # the detached supervisor opens (and on SIGUSR1 reopens) it by name
-        argv = [*argv, "--log-file", log_file]
+    if config.worker.log_file is None:  # the detached supervisor reopens it by name on SIGUSR1
+        argv = [*argv, "--log-file", str(log_file)]
     if config_path is not None and "--config" not in argv:
         argv += ["--config", str(config_path.resolve())]
     secret = {PASSWORD_ENV: config.worker.ssl_keyfile_password} if config.worker.ssl_keyfile_password else {}
-    info = start_detached(["start", *argv], Path(log_file), timeout=config.ready_timeout + 15, extra_env=secret)
-    return {**info, "log": log_file}
+    info = start_detached(["start", *argv], log_fd, log_file, timeout=config.ready_timeout + 15, extra_env=secret)
+    return {**info, "log": str(log_file)}
+
+
+def _open_daemon_log(paths: InstancePaths, explicit: str | None) -> tuple[Path, int]:
+    """The ``--daemon`` log: the path the user named, or ``wsup.log`` in the instance's directory, opened only
+    after that directory was verified (no link followed, ours, private)."""
+    if explicit:
+        try:
+            return Path(explicit), os.open(explicit, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"--log-file {explicit}: {exc.strerror}") from None
+    directory = InstanceDir(paths, create=True)
+    try:
+        return paths.log_file, directory.open_log()
+    finally:
+        directory.close()
 
 
 def _without_secret(argv: list[str]) -> list[str]:
@@ -146,8 +158,8 @@ def log_file(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> Path:
     try:
         paths = find_instance(name)
     except WsupError:
-        fallback = runtime_root() / f"{name}.log" if name else None
-        if fallback is not None and fallback.is_file():
+        fallback = instance_paths(name).log_file if name else None
+        if fallback is not None and fallback.is_file():  # a daemon's log stays in its directory after a stop
             return fallback
         raise
     info = control.call(paths.control, "status", timeout=timeout)
@@ -167,15 +179,27 @@ def status(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, An
     try:
         paths = find_instance(name)
     except AmbiguousInstanceError:
-        return [read_info(p) for p in running_instances()]
+        running = running_instances()
+        if not running:  # the same name in several other run directories: the error says which
+            raise
+        return [read_info(p) for p in running]
     return control.call(paths.control, "status", timeout=timeout)
 
 
 def rollout(
     name: str | None, cmd: str, args: dict[str, Any], on_progress: control.ProgressSink | None, timeout: float
 ) -> dict[str, Any]:
-    """Run a reload, restart or scale; the supervisor sends a heartbeat every second, so ``timeout`` bounds silence."""
-    paths = find_instance(name)
+    """Run a reload, restart or scale; the supervisor sends a heartbeat every second, so ``timeout`` bounds silence.
+
+    A reload of an instance whose run directory is gone is asked for by SIGHUP (the same request in the supervisor);
+    it then reports nothing back: ``{"signalled": pid}``."""
+    try:
+        paths = find_instance(name)
+    except RunDirectoryGoneError as exc:
+        if cmd != "reload":
+            raise
+        os.kill(exc.pid, signal.SIGHUP)
+        return {"signalled": exc.pid}
     return control.call(paths.control, cmd, args, timeout=timeout, on_progress=on_progress)
 
 
@@ -205,8 +229,21 @@ def resume(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, An
 
 
 def stop(name: str | None, timeout: float = CONTROL_TIMEOUT_S) -> str:
-    """Stop an instance and wait until the supervisor and every worker are gone (so the port is free)."""
-    paths = find_instance(name)
+    """Stop an instance and wait until the supervisor and every worker are gone (so the port is free).
+
+    An instance whose run directory is gone is stopped by SIGTERM (the same drain as `wsup stop`); its workers
+    die with their supervisor, so waiting for the supervisor is enough."""
+    try:
+        paths = find_instance(name)
+    except RunDirectoryGoneError as exc:
+        try:
+            supervisor = psutil.Process(exc.pid)
+        except psutil.NoSuchProcess:
+            return name or str(exc.pid)
+        os.kill(exc.pid, signal.SIGTERM)
+        if _wait_gone([supervisor], SIGNALLED_STOP_TIMEOUT_S):
+            raise SupervisorTimeoutError(f"supervisor {exc.pid} still runs after SIGTERM: kill it") from None
+        return name or str(exc.pid)
     result = control.call(paths.control, "stop", timeout=timeout)
     deadline = float(result.get("graceful_timeout", 30.0)) + 10.0
     procs = []

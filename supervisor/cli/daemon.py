@@ -20,21 +20,24 @@ from supervisor.child_env import child_env, python_module
 
 
 def start_detached(
-    argv: list[str], log_file: Path, timeout: float, extra_env: dict[str, str] | None = None
+    argv: list[str], log_fd: int, log_file: Path, timeout: float, extra_env: dict[str, str] | None = None
 ) -> dict[str, Any]:
+    """Spawn the supervisor with its output on ``log_fd`` (opened by the caller: in the verified instance
+    directory, or at the path the user named) and wait for its one-line verdict."""
     read_fd, write_fd = os.pipe()
-    log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
+    try:
         proc = subprocess.Popen(
             python_module("supervisor.cli", *argv, "--notify-fd", str(write_fd)),
             pass_fds=(write_fd,),
             start_new_session=True,
             stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
+            stdout=log_fd,
+            stderr=log_fd,
             env={**child_env(), **(extra_env or {})},
         )
-    os.close(write_fd)
+    finally:
+        os.close(write_fd)
+        os.close(log_fd)
     try:
         data = b""
         deadline = time.monotonic() + timeout

@@ -135,6 +135,26 @@ def _add_start_options(start: argparse.ArgumentParser) -> None:
     start.add_argument("--bridge-prefix", help="prefix of the Redis channels (default wsup:NAME:)")
     start.add_argument("--agent-port", type=int, help="answer HAProxy's agent-check on this port (0 picks one)")
     start.add_argument("--agent-host", help="address the agent-check listens on (default: --host)")
+    start.add_argument(
+        "--max-header-bytes",
+        type=int,
+        help=f"request line + headers a client may send; more gets 431 (default {d['max_header_bytes']})",
+    )
+    start.add_argument(
+        "--header-timeout",
+        type=float,
+        help=f"seconds a request may take to send its headers, 0: off (default {d['header_timeout']:g})",
+    )
+    start.add_argument(
+        "--idle-timeout",
+        type=float,
+        help=f"close a new connection that sends nothing this long (s), 0: off (default {d['idle_timeout']:g})",
+    )
+    start.add_argument(
+        "--max-connections",
+        type=int,
+        help="connections per worker; more get 503 (default 0: the descriptor limit less 128)",
+    )
     start.add_argument("--notify-fd", type=int, help=argparse.SUPPRESS)
 
 
@@ -303,6 +323,8 @@ def _reload(args: argparse.Namespace) -> int:
     )
     if args.json:
         _print_json(result)
+    elif "signalled" in result:
+        print(f"wsup: its run directory is gone: asked supervisor {result['signalled']} to reload by SIGHUP")
     else:
         print(f"wsup: reloaded {len(result['slots'])} workers in {result['seconds']:.2f}s")
     return 0
@@ -390,6 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             commands.notify_failure(args.notify_fd, exc)
         print(f"wsup: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a file or socket the system refused (permissions, a full disk): one line, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"wsup: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -49,7 +49,7 @@ def _row(worker: dict[str, Any], label: str | None = None) -> list[str]:
     ]
 
 
-_BUS_DROPS = ("dropped_slow", "disconnected_slow", "dropped_hwm", "lost", "malformed")
+_BUS_DROPS = ("dropped_slow", "disconnected_slow", "dropped_hwm", "lost", "malformed", "seq_jumps")
 
 
 def _count(n: int) -> str:
@@ -70,6 +70,7 @@ def _bus_line(label: str, bus: dict[str, Any]) -> str:
         f"{label}: {get('members')} members, {get('published')} published, {get('delivered')} delivered;"
         f" dropped: {get('dropped_slow')} slow, {get('disconnected_slow')} disconnected,"
         f" {get('dropped_hwm')} queue-full, {get('lost')} lost; {get('malformed')} malformed"
+        + (f", {get('seq_jumps')} sequence jumps" if bus.get("seq_jumps") else "")
     )
 
 

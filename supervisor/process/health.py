@@ -16,15 +16,19 @@ class HealthFacts:
     workers: int  # slots
     stopping: bool
     operation: str | None  # "reload", "scale", "restart" while one runs
+    draining: bool = False  # `wsup drain`: the host asks balancers for no new connections
 
 
 def health(facts: HealthFacts) -> tuple[bool, dict[str, Any]]:
-    """(healthy, the JSON body): healthy while at least one worker is ready and the instance is not stopping."""
+    """(healthy, the JSON body): healthy while at least one worker is ready and the instance is neither stopping
+    nor draining."""
     reasons = []
     if facts.stopping:
         reasons.append("stopping")
     if facts.ready < 1:
         reasons.append("no ready worker")
+    if facts.draining:
+        reasons.append("draining")  # an HTTP-only balancer stops sending, as HAProxy does on the agent's "drain"
     body: dict[str, Any] = {
         "status": "ok" if not reasons else "unavailable",
         "ready": facts.ready,

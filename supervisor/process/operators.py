@@ -127,7 +127,9 @@ class Operators:
     def health_facts(self) -> HealthFacts:
         fleet = self.sup.fleet
         ready = sum(1 for slot in fleet.slots if slot.worker is not None and slot.worker.state.value == "ready")
-        return HealthFacts(ready, len(fleet.slots), fleet.stopping, self.sup.operations.running)
+        return HealthFacts(
+            ready, len(fleet.slots), fleet.stopping, self.sup.operations.running, self.sup.host_drain.active
+        )
 
     def metrics_facts(self) -> MetricsFacts:
         self.sample()

@@ -13,6 +13,7 @@ from typing import Any
 
 import psutil
 
+from ipc.messages import MAX_COUNT
 from supervisor.process.fleet import Fleet
 from supervisor.process.slots import Slot, WorkerHandle
 
@@ -56,7 +57,7 @@ def bus_totals(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     for row in rows:
         for key, value in (row.get("bus") or {}).items():
             if isinstance(value, int) and not isinstance(value, bool):
-                totals[key] = totals.get(key, 0) + value
+                totals[key] = min(totals.get(key, 0) + value, MAX_COUNT)  # saturates, as each worker's does
     return totals
 
 

@@ -23,6 +23,7 @@ from ipc.bus_proxy import BusProxy
 from ipc.control import ControlServer
 from ipc.endpoints import InstanceLock, InstancePaths
 from ipc.errors import WsupError
+from ipc.locator import Locator
 from ipc.messages import Failed, Ready, Request
 from ipc.settings import WorkerSpec
 from ipc.stats import StatsReceiver
@@ -75,6 +76,10 @@ class Supervisor:
         open_files = raise_open_files_limit()
         logger.debug("open files limit: %d per process", open_files)
         async with contextlib.AsyncExitStack() as stack:
+            # The name in the abstract namespace first: it is there even when the run directory was deleted
+            # under a running instance, so a second one of the same name cannot start beside it.
+            found_by = Locator.claim(paths.name, paths.directory)
+            stack.callback(found_by.close)
             lock = InstanceLock(paths)
             stack.callback(lock.release)
             context = zmq.asyncio.Context()
@@ -128,6 +133,7 @@ class Supervisor:
             if config.recycles:
                 self.tasks.supervise("recycle", self.recycler.run)
             self._supervise_multihost()
+            self.tasks.supervise("locator", found_by.serve)
             try:
                 await self.fleet.start(config.workers)
                 logger.info("%d workers ready on %s (%s)", config.workers, address.url, self.steering.mode)

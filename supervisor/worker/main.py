@@ -38,6 +38,7 @@ from ipc.stats import Counts, StatsReporter
 from supervisor.log_format import open_log, worker_tag
 from supervisor.worker.app_loader import load_app
 from supervisor.worker.drain import WebSocketMover, drain, drain_window
+from supervisor.worker.http_limits import HttpLimits, automatic_max_connections
 from supervisor.worker.protocols import WorkerConnections, WsupHttpProtocol, WsupServerState, WsupWebSocketProtocol
 
 logger = logging.getLogger("wsup.worker")
@@ -112,7 +113,14 @@ class Worker:
         self.spec = spec
         # The page the supervisor reads this worker's live connection counts from (private memory without one).
         shared = ConnectionCounters.attach(spec.counters_fd).cells if spec.counters_fd >= 0 else None
-        self.connections = WorkerConnections(shared)
+        settings = spec.settings
+        limits = HttpLimits(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout=settings.header_timeout,
+            idle_timeout=settings.idle_timeout,
+            max_connections=settings.max_connections or automatic_max_connections(),
+        )
+        self.connections = WorkerConnections(shared, limits)
         self.shared = shared if shared is not None else local_cells()
         self.mover = WebSocketMover()
         self.close_code = CLOSE_GOING_AWAY
@@ -226,6 +234,7 @@ class Worker:
             reopen_log(settings.log_file)
             loop.add_signal_handler(REOPEN_WORKER_LOG, reopen_log, settings.log_file)
         reporter_task = asyncio.create_task(self.reporter.run())
+        guard_task = asyncio.create_task(self.connections.guard.run())
         pid = os.getpid()
         logger.info("serving %s (slot %d, generation %d, pid %d)", settings.app, spec.slot, spec.generation, pid)
 
@@ -250,6 +259,7 @@ class Worker:
         # One last report, so the supervisor sees the final counts of this worker.
         self.reporter.send_report(self.counts(), 0.0)
         reporter_task.cancel()
+        guard_task.cancel()
         bus.close()
 
 

@@ -21,6 +21,7 @@ from uvicorn.server import ServerState
 
 from ipc.counters import ACCEPTED, CLOSED, local_cells
 from ipc.websocket_close import close_websocket
+from supervisor.worker.http_limits import ConnectionGuard, HttpLimits
 
 if AutoWebSocketsProtocol is None:  # pragma: no cover - uvicorn[standard] always brings websockets
     raise ImportError("wsup needs a WebSocket implementation: install uvicorn[standard]")
@@ -31,11 +32,11 @@ MAX_CLOSE_CODES = 32  # distinct codes counted per worker; more (a peer inventin
 
 
 class WorkerConnections:
-    """One server's connection counts and drain state, shared by all of its protocol instances."""
+    """One server's connection counts, drain state and HTTP limits, shared by all of its protocol instances."""
 
-    __slots__ = ("cells", "websocket_live", "websocket_opened", "close_codes", "draining", "on_lost")
+    __slots__ = ("cells", "websocket_live", "websocket_opened", "close_codes", "draining", "on_lost", "limits", "guard")
 
-    def __init__(self, cells: memoryview | None = None) -> None:
+    def __init__(self, cells: memoryview | None = None, limits: HttpLimits | None = None) -> None:
         # Every TCP connection accepted and ended (a WebSocket starts as an HTTP connection and ends as a WebSocket),
         # in the page shared with the supervisor (ipc.counters): steering reads them live. Private memory otherwise.
         self.cells = cells if cells is not None else local_cells()
@@ -44,6 +45,8 @@ class WorkerConnections:
         self.close_codes: dict[int, int] = {}  # WebSocket sessions ended, by close code (see WsupWebSocketProtocol)
         self.draining = False
         self.on_lost: Callable[[], None] | None = None  # set by the drain, to wake it when a connection ends
+        self.limits = limits or HttpLimits()
+        self.guard = ConnectionGuard(self.limits)
 
     def closed_with(self, code: int) -> None:
         if not MIN_CLOSE_CODE <= code <= MAX_CLOSE_CODE:
@@ -86,22 +89,61 @@ class WsupHttpProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.wsup = _connections_of(server_state)
+        self.header_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self.wsup.cells[ACCEPTED] += 1
+        wsup = self.wsup
+        cells = wsup.cells
+        cells[ACCEPTED] += 1
         super().connection_made(transport)
+        # Bytes of the current request's line and headers, -1 once they are complete (httptools has no limit).
+        self.header_bytes = 0
+        if cells[ACCEPTED] - cells[CLOSED] > wsup.limits.max_connections:
+            wsup.guard.refuse(self, 503)
+        else:
+            wsup.guard.wait(self, idle=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Not called for a connection upgraded to a WebSocket: the transport then belongs to the WebSocket protocol.
         self.wsup.cells[CLOSED] += 1
+        self.wsup.guard.done(self)
         super().connection_lost(exc)
         self.wsup.lost()
 
+    def data_received(self, data: bytes) -> None:
+        counted = self.header_bytes
+        if counted >= 0:  # inside a request line and headers: count them before httptools buffers them
+            total = counted + len(data)
+            limit = self.wsup.limits.max_header_bytes
+            if total > limit:
+                end = data.find(b"\r\n\r\n")  # the headers may end in this chunk, followed by the body
+                if end < 0 or counted + end + 4 > limit:
+                    self.wsup.guard.refuse(self, 431)
+                    return
+            self.header_bytes = total
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.header_bytes < 0:  # the next request on a keep-alive connection
+            self.header_bytes = 0
+        self.wsup.guard.wait(self, idle=False)
+
     def on_headers_complete(self) -> None:
+        self.header_bytes = -1
+        self.wsup.guard.done(self)
         super().on_headers_complete()
         # A keep-alive connection is closed at a clean point: right after the response to its next request.
         if self.wsup.draining and self.cycle is not None:
             self.cycle.keep_alive = False
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            # Answered before its body arrived, and nobody will read the rest: keeping the connection alive would
+            # mean receiving all of it (100 MiB to a GET) only to throw it away.
+            self.transport.close()
 
     def is_idle(self) -> bool:
         return self.cycle is None or self.cycle.response_complete

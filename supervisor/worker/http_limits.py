@@ -1,0 +1,128 @@
+"""HTTP limits a worker enforces on its connections (runs in each worker): request-line and header size, the time a
+client has to send its headers (slowloris), the time a new connection may stay silent, and a cap on connections.
+
+httptools gives uvicorn no header limit and uvicorn has no header timeout, so a client could grow a worker by the
+size of one header (128 MiB was measured) or hold a connection forever with a byte a second. The protocol counts
+header bytes itself (``WsupHttpProtocol.data_received``); the timeouts are coarse: the protocol only records the
+current tick when a connection starts waiting (no timer per request), and one sweep a tick closes what waited too
+long. A timeout is then enforced within one tick (0.5 s) after its value, never before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+logger = logging.getLogger("wsup.worker")
+
+TICK_S: Final = 0.5
+_FD_MARGIN: Final = 128  # descriptors left to the app (files, database connections) under an automatic cap
+_LOG_EVERY_S: Final = 10.0
+_REASONS: Final = {
+    431: b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+    503: b"HTTP/1.1 503 Service Unavailable\r\n",
+}
+
+
+def automatic_max_connections() -> int:
+    """The soft descriptor limit less a margin: past it accept() fails with EMFILE, which is worse than a 503."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1_000_000
+    return max(64, soft - _FD_MARGIN)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """The limits, in bytes and seconds (0 turns a timeout off). The defaults are what a worker without settings
+    (a test, a protocol used outside wsup) enforces."""
+
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 20.0
+    idle_timeout: float = 10.0
+    max_connections: int = 1 << 62
+
+
+class _Guarded(Protocol):
+    transport: asyncio.Transport
+
+
+class ConnectionGuard:
+    """Connections waiting for their first byte or the end of their headers, and since which tick."""
+
+    def __init__(self, limits: HttpLimits) -> None:
+        self.limits = limits
+        self.tick = 0
+        self._idle_ticks = _ticks(limits.idle_timeout)
+        self._header_ticks = _ticks(limits.header_timeout)
+        self._waiting: dict[_Guarded, int] = {}  # protocol -> the tick it times out at
+        self.closed_idle = 0
+        self.closed_headers = 0
+        self.refused = {431: 0, 503: 0}
+        self._logged_at = 0.0
+
+    def wait(self, protocol: _Guarded, *, idle: bool) -> None:
+        ticks = self._idle_ticks if idle else self._header_ticks
+        if ticks:
+            self._waiting[protocol] = self.tick + ticks + 1  # the current tick is partly over: never early
+
+    def done(self, protocol: _Guarded) -> None:
+        self._waiting.pop(protocol, None)
+
+    def refuse(self, protocol: _Guarded, status: int) -> None:
+        """Answer ``status`` and close: headers too large (431), or the worker at its connection cap (503)."""
+        self.done(protocol)
+        self.refused[status] += 1
+        transport = protocol.transport
+        if not transport.is_closing():
+            transport.write(_REASONS[status] + b"connection: close\r\ncontent-length: 0\r\n\r\n")
+            transport.close()
+        self._log()
+
+    async def run(self) -> None:
+        """The sweep: every tick, close the connections whose deadline has come."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.tick += 1
+            try:
+                self.sweep()
+            except Exception:  # never seen; the sweep must outlive any one connection's surprise
+                logger.exception("HTTP limits: sweep failed")
+
+    def sweep(self) -> None:
+        tick = self.tick
+        expired = [protocol for protocol, deadline in self._waiting.items() if deadline <= tick]
+        for protocol in expired:
+            del self._waiting[protocol]
+            if getattr(protocol, "header_bytes", 0) > 0:
+                self.closed_headers += 1
+            else:
+                self.closed_idle += 1
+            protocol.transport.close()
+        if expired:
+            self._log()
+
+    def _log(self) -> None:
+        now = time.monotonic()
+        if now - self._logged_at < _LOG_EVERY_S:
+            return
+        self._logged_at = now
+        logger.warning(
+            "HTTP limits so far: %d connections refused at the cap (--max-connections %d), %d requests with headers"
+            " over --max-header-bytes %d, %d closed by --header-timeout, %d by --idle-timeout",
+            self.refused[503],
+            self.limits.max_connections,
+            self.refused[431],
+            self.limits.max_header_bytes,
+            self.closed_headers,
+            self.closed_idle,
+        )
+
+
+def _ticks(seconds: float) -> int:
+    """Whole ticks, rounded up (0: off)."""
+    return 0 if seconds <= 0 else max(1, -int(-seconds // TICK_S))

@@ -1,0 +1,124 @@
+"""HTTP abuse against a worker (supervisor.worker.http_limits): huge headers, slowloris, silent connections and a
+huge body nobody reads. Each attack is what a hostile client did to the worker before the limits (defect 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+
+import psutil
+
+from tests.clients import http_get
+from tests.wsup_harness import Instance, eventually, wait_until
+
+HEADER_TIMEOUT = "2"
+IDLE_TIMEOUT = "1"
+
+
+def _start(start_wsup: Callable[..., Instance]) -> tuple[Instance, psutil.Process]:
+    instance = start_wsup("app:asgi", "-i", "1", "--header-timeout", HEADER_TIMEOUT, "--idle-timeout", IDLE_TIMEOUT)
+    status = instance.wait_ready(1)
+    return instance, psutil.Process(status["workers"][0]["pid"])
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """True once the server closed (EOF or reset); what it sent first is skipped."""
+    try:
+        while await reader.read(65536):
+            pass
+    except (ConnectionError, OSError):
+        pass
+    return True
+
+
+def test_oversized_headers_get_431_and_cost_no_memory(start_wsup: Callable[..., Instance]) -> None:
+    instance, worker = _start(start_wsup)
+    with socket.create_connection(("127.0.0.1", instance.port), timeout=30) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 431 ")
+    before = worker.memory_info().rss
+
+    def send_huge_header() -> None:
+        # 32 MiB of one header, as the attack did; the worker answers and closes after its limit.
+        with socket.create_connection(("127.0.0.1", instance.port), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            chunk = b"b" * (1 << 20)
+            with contextlib.suppress(OSError):
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+                for _ in range(32):
+                    sock.sendall(chunk)
+
+    for _ in range(8):
+        send_huge_header()
+    grown = worker.memory_info().rss - before
+    assert grown < 2 << 20, f"the worker grew by {grown / 2**20:.1f} MiB"
+    assert http_get(instance.port, "/health")[0] == 200
+
+
+def test_slowloris_and_silent_connections_are_closed_while_others_are_served(
+    start_wsup: Callable[..., Instance],
+) -> None:
+    instance, _ = _start(start_wsup)
+
+    async def attack() -> None:
+        slow = [await asyncio.open_connection("127.0.0.1", instance.port) for _ in range(1000)]
+        silent = [await asyncio.open_connection("127.0.0.1", instance.port) for _ in range(2000)]
+        for _, writer in slow:
+            writer.write(b"GET / HTTP/1.1\r\n")
+        closed = [asyncio.ensure_future(_closed_by_server(reader)) for reader, _ in slow + silent]
+        probes = 0
+
+        async def trickle_and_probe() -> None:
+            nonlocal probes
+            while not all(task.done() for task in closed):
+                for _, writer in slow:  # a header byte at a time: never complete
+                    if not writer.is_closing():
+                        with contextlib.suppress(OSError):
+                            writer.write(b"x")
+                status, _ = await asyncio.to_thread(http_get, instance.port, "/health")
+                assert status == 200
+                probes += 1
+                await asyncio.sleep(0.1)
+
+        prober = asyncio.ensure_future(trickle_and_probe())
+        await eventually(lambda: all(task.done() for task in closed), "every attacking connection closed", 60)
+        await prober
+        assert probes > 0
+        for _, writer in slow + silent:
+            writer.close()
+
+    asyncio.run(attack())
+    assert instance.status()["totals"]["ready"] == 1
+
+
+def test_unread_body_does_not_keep_the_connection(start_wsup: Callable[..., Instance]) -> None:
+    instance, _ = _start(start_wsup)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", instance.port), timeout=30) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n")
+        chunk = b"x" * 65536
+        with contextlib.suppress(OSError):
+            while sent < 100 << 20:
+                sock.sendall(chunk)
+                sent += len(chunk)
+    assert sent < 100 << 20, "the worker read the whole 100 MiB body of a request it had answered"
+
+
+def test_connections_past_the_cap_get_503(start_wsup: Callable[..., Instance]) -> None:
+    instance = start_wsup("app:asgi", "-i", "1", "--max-connections", "5")
+    instance.wait_ready(1)
+    held = [socket.create_connection(("127.0.0.1", instance.port), timeout=30) for _ in range(5)]
+    try:
+        for sock in held:  # each is served: the cap counts live connections, these among them
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(64).startswith(b"HTTP/1.1 200 ")
+        with socket.create_connection(("127.0.0.1", instance.port), timeout=30) as extra:
+            assert extra.recv(64).startswith(b"HTTP/1.1 503 ")
+    finally:
+        for sock in held:
+            sock.close()
+    # Below the cap again once the worker has seen those connections end.
+    wait_until(lambda: http_get(instance.port, "/health")[0] == 200, 20, 0.1, "a request served below the cap")
+    wait_until(lambda: "1 connections refused at the cap (--max-connections 5)" in instance.log(), 20, 0.1, "the log")
