@@ -412,15 +412,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             commands.notify_failure(args.notify_fd, exc)
         print(f"wsup: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # before OSError, of which it is one
+        _quiet_broken_pipe()
+        return 0
     except OSError as exc:  # a file or socket the system refused (permissions, a full disk): one line, no traceback
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"wsup: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        _quiet_broken_pipe()
-        return 0
 
 
 def _quiet_broken_pipe() -> None:
