@@ -58,7 +58,8 @@ def _read_frames_until_close(sock: socket.socket) -> int:
 
 def test_an_upgrade_in_flight_when_the_drain_begins_is_closed_with_1012(start_wsup: Callable[..., Instance]) -> None:
     wsup = start_wsup("app:asgi", "-i", "1", "--graceful-timeout", "30")
-    old_pid = wsup.wait_ready(1)["workers"][0]["pid"]
+    old = wsup.wait_ready(1)["workers"][0]
+    old_pid, old_tag = old["pid"], f"[worker {old['slot']}/{old['generation']}]"
     client = socket.create_connection(("127.0.0.1", wsup.port), timeout=30)
     reload = None
     try:
@@ -76,7 +77,7 @@ def test_an_upgrade_in_flight_when_the_drain_begins_is_closed_with_1012(start_ws
         client.close()
         if reload is not None and reload.poll() is None:
             reload.kill()
-    drained = wait_until(lambda: _drain_line(wsup, old_pid), 10, 0.1, "the old worker's drain to be logged")
+    drained = wait_until(lambda: _drain_line(wsup, old_tag), 10, 0.1, "the old worker's drain to be logged")
     assert "(0 forced)" in drained, drained  # nothing held the drain until its deadline
 
 
@@ -97,8 +98,8 @@ def _trickling(client: socket.socket) -> Iterator[None]:
         thread.join()
 
 
-def _drain_line(wsup: Instance, pid: int) -> str:
-    lines = [line for line in wsup.log().splitlines() if f"pid {pid}]" in line and "drained" in line]
+def _drain_line(wsup: Instance, tag: str) -> str:
+    lines = [line for line in wsup.log().splitlines() if tag in line and "drained" in line]
     return lines[-1] if lines else ""
 
 
