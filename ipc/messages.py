@@ -31,6 +31,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
 _FLOAT_RANGES: dict[str, tuple[float, float]] = {"loop_lag_ms": (0.0, 86_400_000.0)}
 _MAX_TEXT = {"error": 16_384, "id": 128, "cmd": 64, "status": 16, "kind": 64}
 _MAX_COUNTER_KEYS = 64  # a Report's ``bus`` and ``closes`` counters: flat maps of short names to counts
+_MAX_UNKNOWN_FIELDS = 16  # a newer peer's additions, not a flood of keys
 
 JSONObject: TypeAlias = dict[str, Any]
 
@@ -188,9 +189,15 @@ def decode(data: bytes) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message type {tag!r}")
     checks = _CHECKS[cls.TAG]
+    # A field this side does not know is left out, not refused: after wsup is upgraded in place, `wsup reload`
+    # starts workers whose reports may carry fields the running (older) supervisor has never heard of, and it
+    # must not take them for malformed and kill them as silent. The size limit above still bounds what is read.
+    unknown = [name for name in body if name not in checks]
+    if len(unknown) > _MAX_UNKNOWN_FIELDS:
+        raise ProtocolError(f"{tag} message has {len(unknown)} unknown fields")
+    for name in unknown:
+        del body[name]
     for name, value in body.items():
-        if name not in checks:
-            raise ProtocolError(f"{tag} message has unknown field {name!r}")
         accepted, _ = checks[name]
         # bool is an int subclass: a count must not be True, a flag must not be 1.
         if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
