@@ -21,11 +21,10 @@ from ipc.errors import AmbiguousInstanceError, ConfigError, RunDirectoryGoneErro
 from ipc.settings import PASSWORD_ENV, WorkerSettings
 from supervisor.admin_address import TOKEN_ENV
 from supervisor.cli.daemon import notify, start_detached
-from supervisor.cli.settings_view import effective_settings, render_settings
 from supervisor.cli.status_view import render_instances, render_status
 from supervisor.config import SupervisorConfig, parse_instances
 
-__all__ = ["effective_settings", "render_instances", "render_settings", "render_status"]
+__all__ = ["render_instances", "render_status"]
 # `wsup start` options that are settings: every field of the two settings dataclasses (the others steer the CLI
 # itself: --daemon, --log-file, --notify-fd), and -i, which becomes ``workers``.
 START_OPTIONS = frozenset(

@@ -19,7 +19,7 @@ import orjson
 
 from ipc.errors import WsupError
 from ipc.settings import WorkerSettings, defaults
-from supervisor.cli import commands, config_file, start_options
+from supervisor.cli import commands, config_file, settings_view, start_options
 from supervisor.config import SupervisorConfig, parse_instances
 from supervisor.log_format import SUPERVISOR_TAG, JsonFormatter
 
@@ -265,11 +265,11 @@ def _run_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _config(args: argparse.Namespace) -> int:
     resolved = _resolve(args)
-    settings = commands.effective_settings(resolved, [action.dest for action in _start_parser()._actions])
+    settings = settings_view.effective_settings(resolved, [action.dest for action in _start_parser()._actions])
     if getattr(args, "json", False):
         _print_json({"file": str(resolved.path) if resolved.path else None, "settings": settings})
     else:
-        print(commands.render_settings(settings, resolved.path))
+        print(settings_view.render_settings(settings, resolved.path))
     return 0
 
 
