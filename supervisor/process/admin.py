@@ -13,19 +13,29 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import orjson
 
 from ipc.errors import ConfigError
 from supervisor.admin_address import AdminAddress
 from supervisor.process.admin_http import MAX_HEAD_BYTES, BadRequest, HttpRequest, read_request, response, response_head
-from supervisor.process.dashboard import page
-from supervisor.process.health import health
-from supervisor.process.metrics import MetricsUnavailable, render
+from supervisor.process.dashboard import DashboardFeed, page
+from supervisor.process.health import HealthFacts, health
+from supervisor.process.metrics import MetricsFacts, MetricsUnavailable, render
 
-if TYPE_CHECKING:
-    from supervisor.process.operators import Operators
+
+class AdminSource(Protocol):
+    """What the admin endpoint serves from (``supervisor.process.operators.Operators``): read-only views."""
+
+    feed: DashboardFeed
+
+    def metrics_facts(self) -> MetricsFacts: ...
+
+    def health_facts(self) -> HealthFacts: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
 
 logger = logging.getLogger("wsup.supervisor")
 MAX_CONNECTIONS = 64  # open admin connections (dashboards included); more are closed at once
@@ -34,7 +44,7 @@ TEXT = "text/plain; charset=utf-8"
 
 
 class AdminServer:
-    def __init__(self, address: AdminAddress, token: str | None, operators: Operators) -> None:
+    def __init__(self, address: AdminAddress, token: str | None, operators: AdminSource) -> None:
         self.address = address
         self._token = token.encode() if token is not None else None
         self._ops = operators
@@ -130,7 +140,7 @@ class AdminServer:
             ok, document = health(self._ops.health_facts())
             return (200 if ok else 503), orjson.dumps(document), JSON
         if path == "/status":
-            return 200, orjson.dumps(self._ops.sup.snapshot()), JSON
+            return 200, orjson.dumps(self._ops.snapshot()), JSON
         if path == "/events":  # HEAD
             return 200, b"", "text/event-stream"
         if path in ("/", "/index.html"):

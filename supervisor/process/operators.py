@@ -124,6 +124,9 @@ class Operators:
         extra = f", {operation} in progress" if operation else ""
         return f"{ready}/{len(fleet.slots)} workers ready, {websocket:,} WebSockets, {http:,} HTTP{extra}"
 
+    def snapshot(self) -> dict[str, Any]:
+        return self.sup.snapshot()
+
     def health_facts(self) -> HealthFacts:
         fleet = self.sup.fleet
         ready = sum(1 for slot in fleet.slots if slot.worker is not None and slot.worker.state.value == "ready")
