@@ -5,6 +5,7 @@ Where: ``--config FILE``, else ``wsup.toml`` in the current directory, else the 
 ``pyproject.toml``. Keys are the long option names as written on the command line, with dashes
 (``max-requests = 2000``, ``app = "main:app"``); a key with underscores is refused with the dashed spelling.
 Relative paths in the file are relative to the file's directory, and so is the app when ``app-dir`` is not given.
+A file with ``[apps.NAME]`` sections describes several instances: ``app_sections.py`` resolves those.
 """
 
 from __future__ import annotations
@@ -21,24 +22,34 @@ from ipc.errors import ConfigError
 WSUP_TOML = "wsup.toml"
 PYPROJECT = "pyproject.toml"
 MAX_FILE_BYTES = 1 << 20
-NOT_IN_FILE = frozenset({"config", "notify_fd", "help"})
+NOT_IN_FILE = frozenset({"config", "only", "notify_fd", "help"})
 PATH_KEYS = frozenset(
     {"app_dir", "log_file", "ssl_keyfile", "ssl_certfile", "ssl_ca_certs", "ssl_keyfile_password_file", "env_file"}
 )
-DEFAULT, FILE, COMMAND_LINE = "default", "file", "command line"
+DEFAULT, FILE, SECTION, COMMAND_LINE = "default", "file", "section", "command line"
 
 
 @dataclass
 class Resolved:
-    """The start options in force: ``options`` by dest, and for each given one where it came from."""
+    """The start options of one instance in force: ``options`` by dest, and for each given one where it came from.
+    ``section`` is the ``[apps.NAME]`` section the instance comes from, if the file has sections."""
 
     options: dict[str, Any]
-    sources: dict[str, str] = field(default_factory=dict)  # dest -> FILE or COMMAND_LINE
+    sources: dict[str, str] = field(default_factory=dict)  # dest -> FILE, SECTION or COMMAND_LINE
     path: Path | None = None
+    section: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Where this instance is described, for error messages: the file, and its section if any."""
+        where = str(self.path) if self.path else "the command line"
+        return f"{where} [apps.{self.section}]" if self.section is not None else where
 
     def source(self, dest: str) -> str:
         where = self.sources.get(dest, DEFAULT)
-        return f"{where} ({self.path})" if where == FILE else where
+        if where == FILE:
+            return f"file ({self.path})"
+        return f"file [apps.{self.section}] ({self.path})" if where == SECTION else where
 
 
 def find(explicit: str | None, cwd: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -92,30 +103,32 @@ def _by_key(actions: Iterable[argparse.Action]) -> dict[str, argparse.Action]:
     return keys
 
 
-def file_options(table: Mapping[str, Any], path: Path, actions: Iterable[argparse.Action]) -> dict[str, Any]:
-    """The file's settings by dest, checked as the command line would check them; errors name the key and file."""
+def file_options(
+    table: Mapping[str, Any], path: Path, actions: Iterable[argparse.Action], label: str = ""
+) -> dict[str, Any]:
+    """The settings of a table of the file (``label``: which, for errors) by dest, checked as the command line
+    would check them; errors name the key, the table and the file. Relative paths become the file directory's."""
     keys = _by_key(actions)
+    where = label or str(path)
     options: dict[str, Any] = {}
     for key, value in table.items():
         action = keys.get(key)
         if action is None:
             dashed = key.replace("_", "-")
             if dashed in keys:
-                raise ConfigError(f"{path}: key {key!r}: keys are spelled like the options, with dashes: {dashed!r}")
+                raise ConfigError(f"{where}: key {key!r}: keys are spelled like the options, with dashes: {dashed!r}")
             if key.startswith("no-") and key[3:] in keys:
-                raise ConfigError(f"{path}: key {key!r}: write '{key[3:]} = false'")
-            raise ConfigError(f"{path}: unknown key {key!r} (keys are the long options of `wsup start`)")
-        options[action.dest] = _convert(key, value, action, path)
-    if "app" in options and "app_dir" not in options:
-        options["app_dir"] = str(path.parent)  # the project is where its config file is
+                raise ConfigError(f"{where}: key {key!r}: write '{key[3:]} = false'")
+            raise ConfigError(f"{where}: unknown key {key!r} (keys are the long options of `wsup start`)")
+        options[action.dest] = _convert(key, value, action, where)
     for dest in PATH_KEYS & options.keys():
         options[dest] = str(path.parent / Path(options[dest]).expanduser())
     return options
 
 
-def _convert(key: str, value: Any, action: argparse.Action, path: Path) -> Any:
+def _convert(key: str, value: Any, action: argparse.Action, where: str) -> Any:
     def wrong(expected: str) -> ConfigError:
-        return ConfigError(f"{path}: key {key!r} must be {expected}, got {type(value).__name__} {value!r}")
+        return ConfigError(f"{where}: key {key!r} must be {expected}, got {type(value).__name__} {value!r}")
 
     if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):  # a flag: true or false
         if not isinstance(value, bool):
@@ -152,26 +165,28 @@ def _convert(key: str, value: Any, action: argparse.Action, path: Path) -> Any:
         assert callable(kind)
         return kind(str(value))
     except (argparse.ArgumentTypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: key {key!r}: {exc}") from None
+        raise ConfigError(f"{where}: key {key!r}: {exc}") from None
 
 
 def _expected(kind: Any) -> str:
     return {int: "a whole number", float: "a number", None: "a string"}.get(kind, "a string or a number")
 
 
-def resolve(given: Mapping[str, Any], actions: Iterable[argparse.Action], cwd: Path) -> Resolved:
-    """The command line's options (``given``: only what was typed) over the config file's."""
-    actions = list(actions)
-    found = find(given.get("config"), cwd)
+def resolve(
+    given: Mapping[str, Any], layers: Iterable[tuple[dict[str, Any], str]], path: Path | None, section: str | None
+) -> Resolved:
+    """The command line's options (``given``: only what was typed) over the file's ``layers`` (options by dest and
+    their source, the more specific last)."""
     options: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    path = None
-    if found is not None:
-        path, table = found
-        options = file_options(table, path, actions)
-        sources = dict.fromkeys(options, FILE)
+    for layer, source in layers:
+        options.update(layer)
+        sources.update(dict.fromkeys(layer, source))
+    if path is not None and "app" in options and "app_dir" not in options:
+        options["app_dir"] = str(path.parent)  # the project is where its config file is
+        sources["app_dir"] = FILE
     for dest, value in given.items():
         if dest not in NOT_IN_FILE:
             options[dest] = value
             sources[dest] = COMMAND_LINE
-    return Resolved(options, sources, path)
+    return Resolved(options, sources, path, section)

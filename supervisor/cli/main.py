@@ -19,8 +19,9 @@ import orjson
 
 from ipc.errors import WsupError
 from ipc.settings import WorkerSettings, defaults
-from supervisor.cli import commands, config_file, settings_view
+from supervisor.cli import app_commands, app_sections, app_view, commands, config_file, settings_view
 from supervisor.cli.parser import build_parser, start_parser
+from supervisor.cli.status_view import progress_line
 from supervisor.config import parse_instances
 from supervisor.log_format import SUPERVISOR_TAG, JsonFormatter
 
@@ -31,15 +32,14 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _resolve(args: argparse.Namespace) -> config_file.Resolved:
-    """The start options in force: the command line's over the config file's."""
-    given = {key: value for key, value in vars(args).items() if key not in ("command", "json")}
-    return config_file.resolve(given, start_parser()._actions, Path.cwd())
+def _resolve(args: argparse.Namespace) -> list[config_file.Resolved]:
+    """The instances to start (one, or the config file's [apps.NAME] sections) and the options in force for each:
+    the command line's over the section's over the file's."""
+    given = {key: value for key, value in vars(args).items() if key not in ("command", "json", "only")}
+    return app_sections.resolve_all(given, start_parser()._actions, Path.cwd(), getattr(args, "only", None))
 
 
-def _run_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    resolved = _resolve(args)
-    options = resolved.options
+def _setup_logging(options: dict[str, Any]) -> None:
     log_level = options.get("log_level", defaults(WorkerSettings)["log_level"])
     handler = logging.StreamHandler(sys.stderr)
     if options.get("log_format", "text") == "json":
@@ -50,31 +50,80 @@ def _run_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
         level=log_level.upper() if log_level in ("critical", "error", "warning", "info", "debug") else "DEBUG",
         handlers=[handler],
     )
+
+
+def _run_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    instances = _resolve(args)
+    for resolved in instances:  # every instance is valid, or none is started
+        app_sections.config_of(resolved)
+    first = instances[0]
+    _setup_logging(first.options)
     notify_fd = getattr(args, "notify_fd", None)
-    if options.get("daemon") and notify_fd is None:  # the detached child runs in the foreground
-        info = commands.start_daemon(options, list(argv), resolved.path)
+    if first.section is not None and (len(instances) > 1 or getattr(args, "only", None) is None):
+        return _start_apps(instances, list(argv))  # several instances: each detached, as PM2 does
+    if first.options.get("daemon") and notify_fd is None:  # the detached child runs in the foreground
+        child = app_sections.child_argv(list(argv), first.section) if first.section is not None else list(argv)
+        info = commands.start_daemon(first.options, child, first.path)
         print(
             f"wsup: {info['name']} started on {info['address']} with {len(info['workers'])} workers"
             f" (log: {info['log']})"
         )
         return 0
-    return asyncio.run(commands.start_foreground(options, notify_fd))
+    return asyncio.run(commands.start_foreground(first.options, notify_fd))
+
+
+def _start_apps(instances: list[config_file.Resolved], argv: list[str]) -> int:
+    outcomes = app_commands.start_all(instances, argv)
+    for outcome in outcomes:
+        if outcome.error is None:
+            print(app_view.started(outcome), flush=True)
+        else:
+            print(app_view.failed(outcome), file=sys.stderr, flush=True)
+    _print_summary(app_view.summary(outcomes, "start"))
+    return app_commands.exit_code(outcomes)
+
+
+def _print_summary(line: str | None) -> None:
+    if line is not None:
+        sys.stdout.flush()
+        print(line, file=sys.stderr)
 
 
 def _config(args: argparse.Namespace) -> int:
-    resolved = _resolve(args)
-    settings = settings_view.effective_settings(resolved, [action.dest for action in start_parser()._actions])
+    instances = _resolve(args)
+    order = [action.dest for action in start_parser()._actions]
+    path = instances[0].path
+    if instances[0].section is None:
+        settings = settings_view.effective_settings(instances[0], order)
+        if getattr(args, "json", False):
+            _print_json({"file": str(path) if path else None, "settings": settings})
+        else:
+            print(settings_view.render_settings(settings, path))
+        return 0
+    apps = [(r, settings_view.effective_settings(r, order)) for r in instances]
     if getattr(args, "json", False):
-        _print_json({"file": str(resolved.path) if resolved.path else None, "settings": settings})
+        _print_json(settings_view.apps_document(apps))
     else:
-        print(settings_view.render_settings(settings, resolved.path))
+        print("\n\n".join(settings_view.render_settings(rows, path, r.section) for r, rows in apps))
     return 0
+
+
+def _file_instances(args: argparse.Namespace) -> list[config_file.Resolved] | None:
+    return app_sections.file_instances(args.name, args.only, args.config, start_parser()._actions, Path.cwd())
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
 def _status(args: argparse.Namespace) -> int:
+    instances = _file_instances(args)
+    if instances is not None:
+        outcomes = app_commands.status_all(instances, args.timeout)
+        if args.json:
+            _print_json({"file": str(instances[0].path), "instances": app_view.as_json(outcomes, "status")})
+        else:
+            print(app_view.status_table(outcomes))
+        return app_commands.exit_code(outcomes)
     result = commands.status(args.name, args.timeout)
     if isinstance(result, list):  # several instances and no --name: list them
         if args.json:
@@ -90,34 +139,36 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    name = commands.stop(args.name, args.timeout)
-    print(f"wsup: {name} stopped")
-    return 0
+    instances = _file_instances(args)
+    if instances is None:
+        name = commands.stop(args.name, args.timeout)
+        print(f"wsup: {name} stopped")
+        return 0
+    outcomes = app_commands.stop_all(instances, args.timeout)
+    for outcome in outcomes:
+        if outcome.error is None or outcome.not_running:
+            print(app_view.stopped(outcome), flush=True)
+        else:
+            print(app_view.failed(outcome), file=sys.stderr, flush=True)
+    _print_summary(app_view.summary(outcomes, "stop", not_running_is_failure=False))
+    return app_commands.stop_exit_code(outcomes)
 
 
-def _print_progress(event: dict[str, Any]) -> None:
-    kind = event.get("event")
-    if kind == "replaced":
-        drained = event["drained"]
-        print(
-            f"slot {event['slot']}: {event['old_pid']} -> {event['new_pid']}, drained {drained['http']} HTTP"
-            f" + {drained['websocket']} WebSocket connections in {event['seconds']:.2f}s",
-            flush=True,
-        )
-    elif kind == "added":
-        print(f"slot {event['slot']}: added worker {event['pid']}" + (f" ({event['error']})" if event["error"] else ""))
-    elif kind == "removed":
-        drained = event["drained"]
-        print(
-            f"slot {event['slot']}: removed worker {event['pid']}, drained {drained['http']} HTTP"
-            f" + {drained['websocket']} WebSocket connections",
-            flush=True,
-        )
+def _progress(prefix: str = "") -> Callable[[dict[str, Any]], None]:
+    def show(event: dict[str, Any]) -> None:
+        line = progress_line(event)
+        if line is not None:
+            print(prefix + line, flush=True)
+
+    return show
 
 
 def _reload(args: argparse.Namespace) -> int:
+    instances = _file_instances(args)
+    if instances is not None:
+        return _reload_apps(args, instances)
     result = commands.rollout(
-        args.name, "reload", {"batch": args.batch}, None if args.json else _print_progress, args.timeout
+        args.name, "reload", {"batch": args.batch}, None if args.json else _progress(), args.timeout
     )
     if args.json:
         _print_json(result)
@@ -128,15 +179,36 @@ def _reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reload_apps(args: argparse.Namespace, instances: list[config_file.Resolved]) -> int:
+    def done(outcome: app_commands.Outcome) -> None:
+        if outcome.error is None:
+            print(app_view.reloaded(outcome), flush=True)
+        else:
+            print(app_view.failed(outcome), file=sys.stderr, flush=True)
+
+    outcomes = app_commands.reload_all(
+        instances,
+        args.batch,
+        lambda name: None if args.json else _progress(f"{name}: "),
+        args.timeout,
+        None if args.json else done,
+    )
+    if args.json:
+        _print_json({"file": str(instances[0].path), "instances": app_view.as_json(outcomes, "result")})
+    else:
+        _print_summary(app_view.summary(outcomes, "reload"))
+    return app_commands.exit_code(outcomes)
+
+
 def _restart(args: argparse.Namespace) -> int:
-    result = commands.rollout(args.name, "restart", {}, _print_progress, args.timeout)
+    result = commands.rollout(args.name, "restart", {}, _progress(), args.timeout)
     print(f"wsup: restarted {len(result['pids'])} workers in {result['seconds']:.2f}s")
     return 0
 
 
 def _scale(args: argparse.Namespace) -> int:
     count = parse_instances(args.workers, "scale N")
-    result = commands.rollout(args.name, "scale", {"workers": count}, _print_progress, args.timeout)
+    result = commands.rollout(args.name, "scale", {"workers": count}, _progress(), args.timeout)
     print(f"wsup: scaled from {result['from']} to {result['to']} workers")
     return 0
 

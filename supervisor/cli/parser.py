@@ -25,29 +25,47 @@ def _add_name(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the supervisor to answer")
 
 
+_ONLY_HELP = "only these [apps.NAME] sections of the config file (comma-separated; default: every section)"
+
+
+def _add_file_selection(parser: argparse.ArgumentParser, verb: str) -> None:
+    """``--name``, or the instances of the config file's [apps.NAME] sections (every one, or ``--only``)."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--name", help="instance name (default: the config file's [apps.NAME] instances, else the only running one)"
+    )
+    which.add_argument("--only", metavar="NAMES", help=f"{verb} only these [apps.NAME] sections of the config file")
+    parser.add_argument(
+        "--config", metavar="FILE", help="config file (default ./wsup.toml, or [tool.wsup] in pyproject.toml)"
+    )
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the supervisor to answer")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="wsup", description="Connection-aware supervisor for ASGI WebSocket services.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     start = sub.add_parser("start", help="start a supervisor and its workers", argument_default=argparse.SUPPRESS)
     start_options.add_start_options(start)
+    start.add_argument("--only", metavar="NAMES", help=_ONLY_HELP + "; one of them alone runs in the foreground")
     config = sub.add_parser(
         "config",
         help="print the settings `wsup start` would run with, and where each comes from",
         argument_default=argparse.SUPPRESS,
     )
     start_options.add_start_options(config)
+    config.add_argument("--only", metavar="NAMES", help=_ONLY_HELP)
     config.add_argument("--json", action="store_true", help="print them as JSON")
 
     status = sub.add_parser("status", help="show workers and their live connections")
-    _add_name(status)
+    _add_file_selection(status, "show")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
 
     stop = sub.add_parser("stop", help="stop gracefully (drain, then kill past --graceful-timeout)")
-    _add_name(stop)
+    _add_file_selection(stop, "stop")
 
     reload = sub.add_parser("reload", help="replace every worker, one slot at a time, with zero downtime")
-    _add_name(reload)
+    _add_file_selection(reload, "reload")
     reload.add_argument("--batch", type=int, help="slots replaced at once (default: the instance's --reload-batch)")
     reload.add_argument("--json", action="store_true", help="print the result as JSON")
 

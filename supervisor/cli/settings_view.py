@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from supervisor.cli.app_sections import config_of
+from supervisor.cli.commands import START_OPTIONS
 from supervisor.cli.config_file import Resolved
 from supervisor.config import SupervisorConfig
 
@@ -20,9 +22,7 @@ _CLI_ONLY = ("daemon", "log_file", "ssl_keyfile_password_file")
 
 def effective_settings(resolved: Resolved, order: list[str]) -> list[dict[str, Any]]:
     """One row per start option, in ``order`` (the options' order in ``wsup start --help``)."""
-    from supervisor.cli.commands import START_OPTIONS, config_from_options  # commands imports this module
-
-    config = config_from_options(resolved.options)
+    config = config_of(resolved)
     own = {f.name for f in dataclasses.fields(SupervisorConfig)} - {"worker"}
     rows = []
     for dest in dict.fromkeys(name for name in order if name in START_OPTIONS or name in _CLI_ONLY):
@@ -47,11 +47,20 @@ def effective_settings(resolved: Resolved, order: list[str]) -> list[dict[str, A
     return rows
 
 
-def render_settings(rows: list[dict[str, Any]], path: Path | None) -> str:
+def render_settings(rows: list[dict[str, Any]], path: Path | None, section: str | None = None) -> str:
     lines = [f"# config file: {path}" if path else "# config file: none (wsup.toml, or [tool.wsup] in pyproject.toml)"]
+    if section is not None:
+        name = next((row["value"] for row in rows if row["key"] == "name"), section)
+        lines[0] += f", section [apps.{section}]: instance {name!r}"
     width = max(len(row["key"]) for row in rows)
     for row in rows:
         value = row["value"]
         text = "(not set)" if value is None else orjson.dumps(value).decode()
         lines.append(f"{row['key'].ljust(width)} = {text:<24} # {row['source']}")
     return "\n".join(lines)
+
+
+def apps_document(apps: list[tuple[Resolved, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """`wsup config --json` of a file with [apps.NAME] sections: each section's instance name and settings."""
+    sections = [{"section": r.section, "name": r.options["name"], "settings": rows} for r, rows in apps]
+    return {"file": str(apps[0][0].path), "apps": sections}

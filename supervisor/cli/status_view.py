@@ -193,3 +193,23 @@ def render_instances(instances: list[dict[str, Any]]) -> str:
             f"  {info.get('name')}: {info.get('app', '?')} on {info.get('address', '?')} (pid {info.get('pid', '?')})"
         )
     return "\n".join(lines)
+
+
+def progress_line(event: dict[str, Any]) -> str | None:
+    """One line per slot a reload, restart or scale changed (None for the events that say nothing new)."""
+    kind = event.get("event")
+    if kind == "replaced":
+        drained = event["drained"]
+        return (
+            f"slot {event['slot']}: {event['old_pid']} -> {event['new_pid']}, drained {drained['http']} HTTP"
+            f" + {drained['websocket']} WebSocket connections in {event['seconds']:.2f}s"
+        )
+    if kind == "added":
+        return f"slot {event['slot']}: added worker {event['pid']}" + (f" ({event['error']})" if event["error"] else "")
+    if kind == "removed":
+        drained = event["drained"]
+        return (
+            f"slot {event['slot']}: removed worker {event['pid']}, drained {drained['http']} HTTP"
+            f" + {drained['websocket']} WebSocket connections"
+        )
+    return None
