@@ -10,6 +10,9 @@ import orjson
 import pytest
 
 from ipc.errors import ConfigError
+from supervisor.cli import app_sections
+from supervisor.cli.config_file import Resolved
+from supervisor.cli.parser import start_parser
 from supervisor.config import SupervisorConfig, parse_size
 from tests.wsup_harness import free_port, run_cli
 
@@ -141,3 +144,113 @@ def test_sizes() -> None:
     for bad in ("lots", "-1M", "nanM", "infG", ""):
         with pytest.raises(ConfigError, match="must be a size"):
             parse_size(bad)
+
+
+# --- Several instances in one file: [apps.NAME] sections ---------------------------------------------------------
+
+APPS_FILE = """\
+app = "svc:api"
+instances = 2
+max-requests = 1000
+access-log = false
+
+[apps.api]
+port = 8101
+
+[apps.chat]
+app = "svc:chat"
+name = "chat-live"
+port = 8102
+instances = 1
+"""
+
+
+def _resolve(cwd: Path, given: dict[str, object] | None = None, only: str | None = None) -> list[Resolved]:
+    instances = app_sections.resolve_all(given or {}, start_parser()._actions, cwd, only)
+    for resolved in instances:
+        app_sections.config_of(resolved)  # what `wsup start` checks before starting any
+    return instances
+
+
+def test_sections_share_the_top_level_keys_and_override_them(tmp_path: Path, wsup_env: dict[str, str]) -> None:
+    (tmp_path / "wsup.toml").write_text(APPS_FILE)
+    file, section = f"file ({tmp_path / 'wsup.toml'})", f"({tmp_path / 'wsup.toml'})"
+    shown = run_cli("config", "--json", "--max-requests", "7", env=wsup_env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    document = orjson.loads(shown.stdout)
+    assert [(app["section"], app["name"]) for app in document["apps"]] == [("api", "api"), ("chat", "chat-live")]
+    api, chat = ({row["key"]: row for row in app["settings"]} for app in document["apps"])
+    assert (api["app"]["value"], api["app"]["source"]) == ("svc:api", file)
+    assert (api["port"]["value"], api["port"]["source"]) == (8101, f"file [apps.api] {section}")
+    assert (api["name"]["value"], api["name"]["source"]) == ("api", f"file [apps.api] {section}")
+    assert (api["instances"]["value"], chat["instances"]["value"]) == (2, 1)
+    assert (chat["app"]["value"], chat["app"]["source"]) == ("svc:chat", f"file [apps.chat] {section}")
+    for rows in (api, chat):
+        assert (rows["max-requests"]["value"], rows["max-requests"]["source"]) == (7, "command line")
+        assert (rows["host"]["value"], rows["host"]["source"]) == ("127.0.0.1", "default")
+        assert rows["app-dir"]["value"] == str(tmp_path)
+    text = run_cli("config", "--only", "chat", env=wsup_env, cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert "section [apps.chat]: instance 'chat-live'" in text.stdout and "[apps.api]" not in text.stdout
+
+
+def test_only_selects_sections_in_the_files_order_and_the_command_line_overrides_each(tmp_path: Path) -> None:
+    (tmp_path / "wsup.toml").write_text(APPS_FILE + '\n[apps.admin]\nport = 0\napp-dir = "sub"\n')
+    (tmp_path / "sub").mkdir()
+    assert [r.section for r in _resolve(tmp_path)] == ["api", "chat", "admin"]
+    assert [r.section for r in _resolve(tmp_path, only="admin, api")] == ["api", "admin"]
+    one = _resolve(tmp_path, {"port": 9000, "name": "renamed"}, only="chat")
+    assert len(one) == 1 and (one[0].options["port"], one[0].options["name"]) == (9000, "renamed")
+    assert one[0].options["app"] == "svc:chat" and one[0].source("app").startswith("file [apps.chat]")
+    admin = _resolve(tmp_path, only="admin")[0]
+    assert admin.options["app_dir"] == str(tmp_path / "sub")  # relative to the file, like every path
+    config = app_sections.config_of(admin)
+    assert (config.name, config.app, config.port, config.workers) == ("admin", "svc:api", 0, 2)
+
+
+@pytest.mark.parametrize(
+    ("content", "given", "only", "expected"),
+    [
+        ("[apps.api]\nmax_requests = 5\n", {}, None, "wsup.toml [apps.api]: key 'max_requests': keys are spelled"),
+        ("[apps.api]\nworkerz = 5\n", {}, None, "wsup.toml [apps.api]: unknown key 'workerz'"),
+        ('[apps.api]\nport = "80"\n', {}, None, "wsup.toml [apps.api]: key 'port' must be a whole number"),
+        ('max-requests = "x"\n[apps.api]\n', {}, None, "wsup.toml: key 'max-requests' must be a whole number"),
+        ('[apps.api]\nbalance = "rr"\n', {}, None, "wsup.toml [apps.api]: --balance must be one of"),
+        ('name = "x"\n[apps.api]\n', {}, None, "wsup.toml: key 'name' cannot be shared by every [apps.NAME]"),
+        ("apps = 3\n", {}, None, "wsup.toml: 'apps' must hold one [apps.NAME] table"),
+        ("[apps]\n", {}, None, "wsup.toml: 'apps' must hold one [apps.NAME] table"),
+        ("[apps]\napi = 3\n", {}, None, "wsup.toml: [apps.api] must be a table of settings, got int 3"),
+        ('[apps."a b"]\nport = 1\n', {}, None, "wsup.toml [apps.a b]: invalid instance name 'a b'"),
+        ('[apps.a]\nname = "x"\nport = 1\n[apps.b]\nname = "x"\n', {}, None, "[apps.a] and [apps.b] would both be"),
+        ("[apps.a]\n[apps.b]\n", {}, None, "[apps.a] and [apps.b] would both listen on port 8000"),
+        ('[apps.a]\nhost = "0.0.0.0"\nport = 1\n[apps.b]\nport = 1\n', {}, None, "would both listen on port 1"),
+        ("[apps.a]\nport = 1\n[apps.b]\nport = 2\n", {"port": 3}, None, "with the options of the command line"),
+        ("[apps.a]\nport = 1\n[apps.b]\nport = 2\n", {}, "a,c", "--only: no section [apps.c] in"),
+        ("[apps.a]\nport = 1\n[apps.b]\nport = 2\n", {}, ",", "--only ',': name sections separated by commas"),
+        ("port = 1\n", {}, "a", "has no [apps.NAME] sections to choose from"),
+    ],
+)
+def test_each_kind_of_section_error_names_the_key_the_section_and_the_file(
+    tmp_path: Path, content: str, given: dict[str, object], only: str | None, expected: str
+) -> None:
+    (tmp_path / "wsup.toml").write_text('app = "a:b"\n' + content)
+    with pytest.raises(ConfigError) as caught:
+        _resolve(tmp_path, given, only)
+    assert expected in str(caught.value), str(caught.value)
+    if "--only" not in expected:
+        assert str(tmp_path / "wsup.toml") in str(caught.value)
+
+
+def test_a_bad_section_starts_nothing_and_two_with_one_port_neither(tmp_path: Path, wsup_env: dict[str, str]) -> None:
+    port = free_port()
+    (tmp_path / "wsup.toml").write_text(
+        f'app = "svc:asgi"\n[apps.good]\nport = {port}\n[apps.bad]\nport = {free_port()}\nreload-batch = 0\n'
+    )
+    for args in ((), ("--only", "good,bad")):
+        result = run_cli("start", *args, env=wsup_env, cwd=tmp_path)
+        assert result.returncode == 2, (result.stdout, result.stderr)
+        assert result.stderr.strip().startswith(f"wsup: {tmp_path / 'wsup.toml'} [apps.bad]: "), result.stderr
+    result = run_cli("start", "--port", str(port), env=wsup_env, cwd=tmp_path)
+    assert result.returncode == 2 and "would both listen on port" in result.stderr, result.stderr
+    status = run_cli("status", env=wsup_env, cwd=tmp_path)  # nothing was started: each says so, and exit 3
+    assert status.returncode == 3 and status.stdout.split() == ["good", "not", "running", "bad", "not", "running"]
