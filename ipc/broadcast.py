@@ -197,5 +197,5 @@ def _new_member(hub: Hub, websocket: object) -> Member:
     if protocol is not None:
         if not protocol.handshake_complete or protocol.close_sent:
             raise BusError("join() needs an accepted, open WebSocket: await websocket.accept() first")
-        return FrameMember(hub.next_id(), websocket, protocol, Backlog(hub.queue_limit, hub.policy), hub.counters)
+        return FrameMember(hub.next_id(), websocket, protocol, (hub.queue_limit, hub.policy), hub.counters)
     return AsgiMember(hub.next_id(), websocket, send, Backlog(hub.queue_limit, hub.policy), hub.counters)

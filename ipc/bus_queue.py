@@ -48,6 +48,8 @@ def validate_limit(limit: int) -> int:
 class Backlog(collections.deque[T], Generic[T]):
     """A FIFO of at most ``limit`` items. A deque, so ``if backlog:`` and ``popleft()`` cost what they cost there."""
 
+    __slots__ = ("limit", "policy")
+
     def __init__(self, limit: int, policy: Policy) -> None:
         super().__init__()
         self.limit = validate_limit(limit)

@@ -199,7 +199,7 @@ class FakeProtocol:
 
 def _frame_member(limit: int, policy: Policy) -> tuple[FrameMember, FakeProtocol, BusCounters]:
     protocol, counters = FakeProtocol(), BusCounters()
-    member = FrameMember(1, object(), cast(WebSocketsSansIOProtocol, protocol), Backlog(limit, policy), counters)
+    member = FrameMember(1, object(), cast(WebSocketsSansIOProtocol, protocol), (limit, policy), counters)
     return member, protocol, counters
 
 
@@ -209,7 +209,7 @@ def test_frame_member_writes_directly_then_queues_while_paused() -> None:
         assert member.send_frame(b"1")
         protocol.writable.clear()  # the transport's buffer went over its high-water mark
         assert all(member.send_frame(f) for f in (b"2", b"3", b"4"))
-        assert protocol.transport.written == [b"1"] and list(member.backlog) == [b"3", b"4"]
+        assert protocol.transport.written == [b"1"] and list(member.backlog or ()) == [b"3", b"4"]
         assert counters.dropped_slow == 1
         protocol.writable.set()  # resume_writing
         for _ in range(3):
@@ -230,7 +230,7 @@ def test_a_batch_goes_out_in_one_write_or_frame_by_frame_into_the_backlog() -> N
         protocol.writable.clear()
         member.pending += [b"d", b"e", b"f"]
         assert member.flush()
-        assert list(member.backlog) == [b"e", b"f"] and counters.dropped_slow == 1  # counted per message
+        assert list(member.backlog or ()) == [b"e", b"f"] and counters.dropped_slow == 1  # counted per message
         protocol.transport.closing = True
         member.pending.append(b"g")
         assert not member.flush() and not member.pending
