@@ -30,7 +30,8 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
 }
 _FLOAT_RANGES: dict[str, tuple[float, float]] = {"loop_lag_ms": (0.0, 86_400_000.0)}
 _MAX_TEXT = {"error": 16_384, "id": 128, "cmd": 64, "status": 16, "kind": 64}
-_MAX_COUNTER_KEYS = 64  # a Report's ``bus`` and ``closes`` counters: flat maps of short names to counts
+_MAX_COUNTER_KEYS = 64  # a Report's ``bus``, ``closes`` and ``http_limits``: flat maps of short names to counts
+_COUNTER_FIELDS = frozenset({"bus", "closes", "http_limits"})
 _MAX_UNKNOWN_FIELDS = 16  # a newer peer's additions, not a flood of keys
 
 JSONObject: TypeAlias = dict[str, Any]
@@ -76,6 +77,8 @@ class Report:
     dropped_reports: int  # reports this worker could not send (ZeroMQ high-water mark)
     bus: JSONObject = field(default_factory=dict)  # broadcast-bus counters, filled in by ipc.bus
     closes: JSONObject = field(default_factory=dict)  # WebSocket sessions ended, by close code ("1000": n)
+    # Connections the worker's HTTP limits refused or closed, by option (supervisor.worker.http_limits)
+    http_limits: JSONObject = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +154,7 @@ def _check_range(tag: str, name: str, value: Any) -> None:
         limit = _MAX_TEXT.get(name, 4096)
         if len(value) > limit:
             raise ProtocolError(f"{tag} field {name!r} is longer than {limit} characters")
-    elif tag == Report.TAG and name in ("bus", "closes"):
+    elif tag == Report.TAG and name in _COUNTER_FIELDS:
         _check_counters(name, value)
 
 

@@ -48,6 +48,7 @@ class StatsReporter:
         snapshot: Callable[[], Counts],
         bus_counters: Callable[[], JSONObject] | None = None,
         close_codes: Callable[[], JSONObject] | None = None,
+        http_limits: Callable[[], JSONObject] | None = None,
     ) -> None:
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PUSH)
@@ -57,6 +58,7 @@ class StatsReporter:
         self._snapshot = snapshot
         self._bus_counters = bus_counters
         self._close_codes = close_codes
+        self._http_limits = http_limits
         self._seq = 0
         self.dropped = 0
 
@@ -91,6 +93,7 @@ class StatsReporter:
                 dropped_reports=self.dropped,
                 bus=self._bus_counters() if self._bus_counters is not None else {},
                 closes=self._close_codes() if self._close_codes is not None else {},
+                http_limits=self._http_limits() if self._http_limits is not None else {},
             )
         )
 

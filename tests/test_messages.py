@@ -91,6 +91,10 @@ def test_codec_rejects_oversized_before_parsing() -> None:
         ("bus", {"lost": -5}, "bad counter 'lost'"),
         ("bus", {"lost": 1.5}, "bad counter 'lost'"),
         ("bus", {str(i): 1 for i in range(65)}, "has 65 counters"),
+        ("http_limits", {"idle_timeout": -1}, "bad counter 'idle_timeout'"),
+        ("http_limits", {"idle_timeout": 2**64 - 1}, "bad counter 'idle_timeout'"),
+        ("http_limits", {"x" * 65: 1}, "bad counter"),
+        ("http_limits", {str(i): 1 for i in range(65)}, "has 65 counters"),
     ],
 )
 def test_reports_with_numbers_out_of_range_are_malformed(field: str, value: object, error: str) -> None:

@@ -1,4 +1,5 @@
-"""The human form of `wsup status`: what the balance mode and the Socket.IO manager's counters look like."""
+"""The human form of `wsup status`: what the balance mode, the Socket.IO manager's counters and the HTTP limits'
+counts look like."""
 
 from __future__ import annotations
 
@@ -46,3 +47,31 @@ def test_the_mode_and_the_socketio_line() -> None:
 
 def test_no_socketio_line_without_a_manager() -> None:
     assert "socketio:" not in render_status(_status({"members": 1, "published": 5}, mode="least-conn"))
+
+
+def test_http_limits_total_and_the_workers_that_acted() -> None:
+    status = _status({"members": 1}, mode="least-conn")
+    quiet = {"max_header_bytes": 0, "max_connections": 0, "header_timeout": 0, "idle_timeout": 0, "unread_body": 0}
+    acted = {**quiet, "header_timeout": 1000, "idle_timeout": 12_345}
+    status["workers"] = [
+        {**status["workers"][0], "http_limits": acted},
+        {**status["workers"][0], "slot": 1, "pid": 11, "http_limits": quiet},
+    ]
+    status["totals"]["http_limits"] = acted
+    lines = render_status(status).splitlines()
+    assert (
+        "http limits: 0 431 over --max-header-bytes, 0 503 over --max-connections, 1000 closed by --header-timeout,"
+        " 12.3k closed by --idle-timeout, 0 closed with an unread body"
+    ) in lines
+    assert [line for line in lines if line.startswith("  slot ")] == [
+        "  slot 0 pid 10: 0 431 over --max-header-bytes, 0 503 over --max-connections, 1000 closed by --header-timeout,"
+        " 12.3k closed by --idle-timeout, 0 closed with an unread body"
+    ]
+
+
+def test_no_http_limits_line_while_no_limit_acted() -> None:
+    status = _status({"members": 1}, mode="least-conn")
+    status["totals"]["http_limits"] = {"idle_timeout": 0}
+    assert "http limits" not in render_status(status)
+    del status["totals"]["http_limits"]  # an older supervisor's document
+    assert "http limits" not in render_status(status)

@@ -87,6 +87,33 @@ def _manager_line(bus: dict[str, Any]) -> str:
     )
 
 
+_HTTP_LIMITS = (  # (key in the status document, how the line names it): the keys are the options that set them
+    ("max_header_bytes", "431 over --max-header-bytes"),
+    ("max_connections", "503 over --max-connections"),
+    ("header_timeout", "closed by --header-timeout"),
+    ("idle_timeout", "closed by --idle-timeout"),
+    ("unread_body", "closed with an unread body"),
+)
+
+
+def _http_limits_line(label: str, counts: dict[str, Any]) -> str:
+    """One line of what the HTTP limits refused or closed (supervisor.worker.http_limits)."""
+    return f"{label}: " + ", ".join(f"{_count(int(counts.get(key, 0)))} {what}" for key, what in _HTTP_LIMITS)
+
+
+def _http_limits_lines(status: dict[str, Any]) -> list[str]:
+    """The total, then each worker that refused or closed anything; nothing at all while no limit acted."""
+    total = (status.get("totals") or {}).get("http_limits") or {}
+    if not any(total.get(key) for key, _ in _HTTP_LIMITS):
+        return []
+    lines = [_http_limits_line("http limits", total)]
+    for worker in status["workers"] + status.get("draining", []):
+        counts = worker.get("http_limits") or {}
+        if any(counts.get(key) for key, _ in _HTTP_LIMITS):
+            lines.append(_http_limits_line(f"  slot {worker['slot']} pid {worker['pid']}", counts))
+    return lines
+
+
 def render_status(status: dict[str, Any]) -> str:
     balance = status.get("balance", {})
     mode = balance.get("mode", "?")
@@ -128,6 +155,7 @@ def render_status(status: dict[str, Any]) -> str:
                 lines.append(_bus_line(f"  slot {worker['slot']} pid {worker['pid']}", worker["bus"]))
     if bus and any(bus.get(key) for key in _MANAGER):
         lines.append(_manager_line(bus))
+    lines += _http_limits_lines(status)
     lines += _recycling_lines(status)
     log = status.get("log") or {}
     if log:

@@ -2,7 +2,8 @@
 operation outcomes, the admin endpoint (metrics, health, status, dashboard) and systemd's notifications.
 
 The supervisor calls four methods (``start``, ``observe``, ``ready``, ``stopping``); everything here only reads the
-fleet, steering and operations, and owns its own tasks through the supervisor's ``TaskSupervisor``.
+fleet, steering and operations, and owns its own tasks through the supervisor's ``TaskSupervisor``. Its collaborators
+are handed in one by one (not the supervisor itself), so this module never imports ``supervisor.process.supervisor``.
 """
 
 from __future__ import annotations
@@ -12,61 +13,87 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ipc.messages import Message, Report
 from supervisor.admin_address import TOKEN_ENV
+from supervisor.config import SupervisorConfig
 from supervisor.process.admin import AdminServer
 from supervisor.process.dashboard import DashboardFeed
+from supervisor.process.fleet import Fleet
 from supervisor.process.health import HealthFacts
+from supervisor.process.host_drain import HostDrain
 from supervisor.process.log_output import LogOutput
 from supervisor.process.metrics import MetricsFacts, SlotFacts
+from supervisor.process.operations import Operations
 from supervisor.process.sd_notify import SystemdNotifier
 from supervisor.process.slot_totals import SlotTotals
+from supervisor.process.slots import WorkerHandle
+from supervisor.process.tasks import TaskSupervisor
+from supervisor.steering.controller import Steering
 
-if TYPE_CHECKING:  # the supervisor hands itself in; this module only reads it
-    from supervisor.process.supervisor import Supervisor
-
-logger = logging.getLogger("wsup.supervisor")
+logger = logging.getLogger("wself.supervisor")
 SAMPLE_S = 1.0  # totals and the dashboard's history are sampled this often (and at every scrape)
 
 
 class Operators:
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.sup = supervisor
+    def __init__(
+        self,
+        *,
+        config: SupervisorConfig,
+        info: dict[str, Any],
+        fleet: Fleet,
+        operations: Operations,
+        steering: Steering,
+        host_drain: HostDrain,
+        tasks: TaskSupervisor,
+        published: Callable[[], int],
+        snapshot: Callable[[], dict[str, Any]],
+    ) -> None:
+        """``info`` is the supervisor's own dict (this adds ``log`` and ``admin`` to it); ``published`` counts what
+        the supervisor's publisher sent (``wsup publish``); ``snapshot`` builds the ``status --json`` document."""
+        self.config = config
+        self.info = info
+        self.fleet = fleet
+        self.operations = operations
+        self.steering = steering
+        self.host_drain = host_drain
+        self.tasks = tasks
+        self.published = published
+        self._snapshot = snapshot
         self.totals = SlotTotals()
-        self.operations: Counter[tuple[str, str]] = Counter()
+        self.outcomes: Counter[tuple[str, str]] = Counter()  # (operation, outcome)
         self.systemd = SystemdNotifier.from_environment()
         os.environ.pop(TOKEN_ENV, None)  # read by the CLI already; the workers (the app's code) need not see it
         self.admin: AdminServer | None = None
         self.feed = DashboardFeed(self.dashboard_frame)
-        self.log = LogOutput(supervisor.config.worker.log_file, supervisor.config.worker.log_format)
+        self.log = LogOutput(config.worker.log_file, config.worker.log_format)
 
     # --- called by the supervisor ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Once the fleet exists: follow operations, open the admin endpoint, start the sampler and watchdog."""
-        sup = self.sup
         self.log.open()
-        self.log.install(sup.fleet.workers)
-        sup.info["log"] = {"file": self.log.path, "format": self.log.format}
-        sup.operations.observers.append(self._on_operation)
-        address = sup.config.admin_address
+        self.log.install(self.fleet.workers)
+        self.info["log"] = {"file": self.log.path, "format": self.log.format}
+        self.operations.observers.append(self._on_operation)
+        address = self.config.admin_address
         if address is not None:
-            self.admin = AdminServer(address, sup.config.admin_token, self)
+            self.admin = AdminServer(address, self.config.admin_token, self)
             await self.admin.open()
-            sup.info["admin"] = self.admin.url
+            self.info["admin"] = self.admin.url
             os.environ["WSUP_ADMIN_URL"] = self.admin.url  # workers inherit it: the demo page links the dashboard
-            sup.tasks.supervise("admin", self.admin.serve)
-            sup.tasks.supervise("dashboard", self.feed.run)
+            self.tasks.supervise("admin", self.admin.serve)
+            self.tasks.supervise("dashboard", self.feed.run)
         if self.admin is not None or self.systemd.enabled:  # neither asked for: nothing to sample
-            sup.tasks.supervise("operators-sample", self._sample_forever)
+            self.tasks.supervise("operators-sample", self._sample_forever)
         if self.systemd.watchdog_interval is not None:
-            sup.tasks.supervise("systemd-watchdog", self._watchdog)
+            self.tasks.supervise("systemd-watchdog", self._watchdog)
 
     def observe(self, message: Message) -> None:
         """Every message from a worker, before the supervisor acts on it: reports feed the per-slot totals."""
         if isinstance(message, Report) and self.admin is not None:  # totals are folded by the admin's sampler
-            worker = self.sup.fleet.find(message.pid)
+            worker = self.fleet.find(message.pid)
             known = worker is not None and worker.slot == message.slot and worker.generation == message.generation
             self.totals.observe(message, known)
 
@@ -86,7 +113,7 @@ class Operators:
             if what == "reload":
                 self.systemd.notify_reloading()
             return
-        self.operations[(what, outcome)] += 1
+        self.outcomes[(what, outcome)] += 1
         if what == "reload":
             self.systemd.notify(READY=1, STATUS=self.summary())
 
@@ -108,39 +135,37 @@ class Operators:
 
     # --- views ------------------------------------------------------------------------------------------------
     def sample(self) -> None:
-        fleet = self.sup.fleet
+        fleet = self.fleet
         self.totals.sample(fleet.workers(), fleet.slots)
 
     def summary(self) -> str:
         """systemd's one-line STATUS: "4/4 workers ready, 1,234 WebSockets, 56 HTTP"."""
-        fleet = self.sup.fleet
+        fleet = self.fleet
         ready = sum(1 for slot in fleet.slots if slot.worker is not None and slot.worker.state.value == "ready")
         http = websocket = 0
         for worker in fleet.workers():
             if worker.last_report is not None:
                 http += worker.last_report.http
                 websocket += worker.last_report.websocket
-        operation = self.sup.operations.running
+        operation = self.operations.running
         extra = f", {operation} in progress" if operation else ""
         return f"{ready}/{len(fleet.slots)} workers ready, {websocket:,} WebSockets, {http:,} HTTP{extra}"
 
     def snapshot(self) -> dict[str, Any]:
-        return self.sup.snapshot()
+        return self._snapshot()
 
     def health_facts(self) -> HealthFacts:
-        fleet = self.sup.fleet
+        fleet = self.fleet
         ready = sum(1 for slot in fleet.slots if slot.worker is not None and slot.worker.state.value == "ready")
-        return HealthFacts(
-            ready, len(fleet.slots), fleet.stopping, self.sup.operations.running, self.sup.host_drain.active
-        )
+        return HealthFacts(ready, len(fleet.slots), fleet.stopping, self.operations.running, self.host_drain.active)
 
     def metrics_facts(self) -> MetricsFacts:
         self.sample()
-        sup, fleet = self.sup, self.sup.fleet
-        weights = list(sup.steering.weights) if sup.steering.mode == "least-conn" else []
+        fleet = self.fleet
+        weights = list(self.steering.weights) if self.steering.mode == "least-conn" else []
         facts = MetricsFacts(totals=self.totals.totals(), replacements=self.totals.replacements())
-        facts.operations = Counter(self.operations)
-        facts.supervisor_published = sup.bus.published
+        facts.operations = Counter(self.outcomes)
+        facts.supervisor_published = self.published()
         for slot in fleet.slots:
             facts.slots[slot.index] = SlotFacts(weight=weights[slot.index] if slot.index < len(weights) else None)
         for worker in fleet.workers():
@@ -160,11 +185,11 @@ class Operators:
 
     def dashboard_frame(self) -> dict[str, Any]:
         """The compact document the dashboard redraws from, a few times a second."""
-        sup, fleet = self.sup, self.sup.fleet
-        weights = list(sup.steering.weights) if sup.steering.mode == "least-conn" else []
+        fleet = self.fleet
+        weights = list(self.steering.weights) if self.steering.mode == "least-conn" else []
         totals = self.totals.totals()
 
-        def row(worker: Any, role: str) -> dict[str, Any]:
+        def row(worker: WorkerHandle, role: str) -> dict[str, Any]:
             report = worker.last_report
             return {
                 "slot": worker.slot,
@@ -188,18 +213,18 @@ class Operators:
             }
             slots.append(entry)
         bus: Counter[str] = sum(totals.values(), Counter())
-        bus["bus.published"] += sup.bus.published  # `wsup publish` goes through the supervisor's own publisher
+        bus["bus.published"] += self.published()  # `wsup publish` goes through the supervisor's own publisher
         return {
             "t": round(time.time(), 2),  # the page's clock for its chart (the browser's may be off)
-            "name": sup.info.get("name"),
-            "app": sup.info.get("app"),
-            "address": sup.info.get("address"),
-            "operation": sup.operations.running,
+            "name": self.info.get("name"),
+            "app": self.info.get("app"),
+            "address": self.info.get("address"),
+            "operation": self.operations.running,
             "stopping": fleet.stopping,
-            "balance": sup.steering.mode,
+            "balance": self.steering.mode,
             "slots": slots,
             "draining": [row(entry.worker, "draining") for entry in fleet.draining],
             "starting": [row(worker, "starting") for worker in fleet.candidates()],
             "bus": {key[4:]: int(value) for key, value in bus.items() if key.startswith("bus.")},
-            "reloads": {outcome: n for (what, outcome), n in self.operations.items() if what == "reload"},
+            "reloads": {outcome: n for (what, outcome), n in self.outcomes.items() if what == "reload"},
         }

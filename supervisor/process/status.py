@@ -48,17 +48,22 @@ def _worker_row(worker: WorkerHandle, slot: Slot | None, weight: int | None, tot
         "replacements": dict(slot.replacements) if slot else {},
         "last_error": slot.last_error if slot else worker.error,
         "bus": dict(report.bus) if report else {},
+        "http_limits": dict(report.http_limits) if report else {},
     }
 
 
-def bus_totals(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
-    """Every live worker's bus counters summed (draining workers included: their drops happened too)."""
+def counter_totals(rows: Sequence[dict[str, Any]], field: str) -> dict[str, int]:
+    """Every live worker's counters of one kind summed (draining workers included: their drops happened too)."""
     totals: dict[str, int] = {}
     for row in rows:
-        for key, value in (row.get("bus") or {}).items():
+        for key, value in (row.get(field) or {}).items():
             if isinstance(value, int) and not isinstance(value, bool):
                 totals[key] = min(totals.get(key, 0) + value, MAX_COUNT)  # saturates, as each worker's does
     return totals
+
+
+def bus_totals(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    return counter_totals(rows, "bus")
 
 
 def build_status(
@@ -126,6 +131,7 @@ def build_status(
             "restarts": sum(slot.restarts for slot in slots),
             "replacements": dict(sum((slot.replacements for slot in slots), Counter[str]())),
             "bus": bus_totals(live),
+            "http_limits": counter_totals(live, "http_limits"),
         },
         "ipc": ipc,
     }

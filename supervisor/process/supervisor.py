@@ -121,7 +121,17 @@ class Supervisor:
             stack.push_async_callback(self.tasks.aclose)
             stack.callback(self.arrivals.disarm)
             # What operators see (metrics, health, dashboard, systemd): reads only; see supervisor.process.operators.
-            self.operators = Operators(self)
+            self.operators = Operators(
+                config=config,
+                info=self.info,
+                fleet=self.fleet,
+                operations=self.operations,
+                steering=self.steering,
+                host_drain=self.host_drain,
+                tasks=self.tasks,
+                published=lambda: self.bus.published,
+                snapshot=self.snapshot,
+            )
             stack.callback(self.operators.close)
             await self.operators.start()
             lock.write_info({**self.info, "pid": os.getpid(), "started_at": self.started_at})

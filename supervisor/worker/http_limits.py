@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from ipc.messages import MAX_COUNT
+
 logger = logging.getLogger("wsup.worker")
 
 TICK_S: Final = 0.5
@@ -63,6 +65,7 @@ class ConnectionGuard:
         self.closed_idle = 0
         self.closed_headers = 0
         self.refused = {431: 0, 503: 0}
+        self.closed_body = 0  # answered before their body arrived, and closed rather than read to the end
         self._logged_at = 0.0
 
     def wait(self, protocol: _Guarded, *, idle: bool) -> None:
@@ -72,6 +75,20 @@ class ConnectionGuard:
 
     def done(self, protocol: _Guarded) -> None:
         self._waiting.pop(protocol, None)
+
+    def closed_unread_body(self) -> None:
+        self.closed_body += 1
+
+    def describe(self) -> dict[str, int]:
+        """What each limit refused or closed since the worker started, keyed by the option that sets it (what the
+        worker reports, and ``wsup status`` shows). Capped at the codec's range, which a worker never reaches."""
+        return {
+            "max_header_bytes": min(self.refused[431], MAX_COUNT),
+            "max_connections": min(self.refused[503], MAX_COUNT),
+            "header_timeout": min(self.closed_headers, MAX_COUNT),
+            "idle_timeout": min(self.closed_idle, MAX_COUNT),
+            "unread_body": min(self.closed_body, MAX_COUNT),
+        }
 
     def refuse(self, protocol: _Guarded, status: int) -> None:
         """Answer ``status`` and close: headers too large (431), or the worker at its connection cap (503)."""

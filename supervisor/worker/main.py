@@ -136,6 +136,7 @@ class Worker:
             snapshot=self.counts,
             bus_counters=lambda: self.bus.describe() if self.bus is not None else {},
             close_codes=self.connections.describe_closes,
+            http_limits=self.connections.guard.describe,
         )
 
     def counts(self) -> Counts:

@@ -148,6 +148,7 @@ class WsupHttpProtocol(HttpToolsProtocol):
             # Answered before its body arrived, and nobody will read the rest: keeping the connection alive would
             # mean receiving all of it (100 MiB to a GET) only to throw it away.
             self.transport.close()
+            self.wsup.guard.closed_unread_body()
 
     def is_idle(self) -> bool:
         return self.cycle is None or self.cycle.response_complete

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import psutil
 
@@ -122,3 +123,77 @@ def test_connections_past_the_cap_get_503(start_wsup: Callable[..., Instance]) -
     # Below the cap again once the worker has seen those connections end.
     wait_until(lambda: http_get(instance.port, "/health")[0] == 200, 20, 0.1, "a request served below the cap")
     wait_until(lambda: "1 connections refused at the cap (--max-connections 5)" in instance.log(), 20, 0.1, "the log")
+
+
+def _refused_or_served(port: int) -> tuple[socket.socket, bytes]:
+    """A connection that asks for /health and keeps the answer's status line (200, or 503 past the cap)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    return sock, sock.recv(12)
+
+
+def test_status_counts_what_each_limit_refused_or_closed(start_wsup: Callable[..., Instance]) -> None:
+    """Every kind of abuse above, a known number of times, against two workers: `status --json` shows each limit's
+    count per worker, the totals are their sums, and they equal what the hostile clients saw."""
+    instance = start_wsup(
+        "app:asgi", "-i", "2", "--header-timeout", "1", "--idle-timeout", "1", "--max-connections", "4"
+    )
+    instance.wait_ready(2)
+    # At most 4 slow and silent connections at once: all on one worker, they are still within its cap.
+    expected = {"max_header_bytes": 3, "header_timeout": 1, "idle_timeout": 3, "unread_body": 2}
+
+    for _ in range(expected["max_header_bytes"]):
+        with socket.create_connection(("127.0.0.1", instance.port), timeout=30) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n")
+            assert sock.recv(64).startswith(b"HTTP/1.1 431 ")
+
+    async def slow_and_silent() -> None:
+        slow = [await asyncio.open_connection("127.0.0.1", instance.port) for _ in range(expected["header_timeout"])]
+        silent = [await asyncio.open_connection("127.0.0.1", instance.port) for _ in range(expected["idle_timeout"])]
+        for _, writer in slow:
+            writer.write(b"GET / HTTP/1.1\r\nX-Never: ends")  # a request line and half a header, never finished
+        await asyncio.wait_for(asyncio.gather(*(_closed_by_server(reader) for reader, _ in slow + silent)), 60)
+        for _, writer in slow + silent:
+            writer.close()
+
+    asyncio.run(slow_and_silent())
+
+    for _ in range(expected["unread_body"]):
+        with socket.create_connection(("127.0.0.1", instance.port), timeout=30) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n")
+            assert sock.recv(12) == b"HTTP/1.1 200"
+            with contextlib.suppress(OSError):  # until the worker closes: it will not read 100 MiB it never needs
+                while True:
+                    sock.sendall(b"x" * 65536)
+
+    # Past the cap (4 per worker): 12 kept-alive connections, of which at least 4 are refused.
+    held = [_refused_or_served(instance.port) for _ in range(12)]
+    for _, line in held:
+        assert line in (b"HTTP/1.1 200", b"HTTP/1.1 503"), line
+    expected["max_connections"] = sum(line == b"HTTP/1.1 503" for _, line in held)
+    assert expected["max_connections"] >= 4
+    for sock, _ in held:
+        sock.close()
+
+    seen: list[dict[str, int]] = []
+
+    def counted() -> dict[str, Any] | None:
+        status = instance.status()
+        seen.append(status["totals"]["http_limits"])
+        return status if seen[-1] == expected else None
+
+    try:
+        status = wait_until(counted, 20, 0.1, f"the totals {expected}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the last totals were {seen[-1:]}") from None
+    rows = [worker["http_limits"] for worker in status["workers"]]
+    assert len(rows) == 2 and all(set(row) == set(expected) for row in rows)
+    assert {key: sum(row[key] for row in rows) for key in expected} == expected
+    text = instance.cli("status", "--name", instance.name).stdout
+    assert (
+        f"http limits: 3 431 over --max-header-bytes, {expected['max_connections']} 503 over --max-connections,"
+        " 1 closed by --header-timeout, 3 closed by --idle-timeout, 2 closed with an unread body"
+    ) in text
+    for worker in status["workers"]:
+        if any(worker["http_limits"].values()):
+            assert f"  slot {worker['slot']} pid {worker['pid']}: " in text
