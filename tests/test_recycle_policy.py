@@ -3,6 +3,7 @@ and the --max-memory forecast (growth rates from synthetic RSS samples, the line
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from supervisor.process.recycle_policy import (
@@ -32,7 +33,7 @@ MIB = 1 << 20
 def _sample(
     slot: int = 0, *, age: float = 0.0, requests: int = 0, memory: int = 0, growth: float | None = None
 ) -> Sample:
-    return Sample(slot=slot, pid=1000 + slot, age=age, requests=requests, memory=memory, growth=growth)
+    return Sample(slot, 1000 + slot, age, requests, memory, growth, first_memory=50 * MIB if memory else 0)
 
 
 def test_each_worker_draws_its_own_jitter_within_the_range() -> None:
@@ -150,14 +151,17 @@ def test_growth_ignores_the_warm_up_and_keeps_a_recent_window() -> None:
 
 def test_the_recycle_duration_starts_from_a_default_and_follows_the_measured_ones() -> None:
     duration = RecycleDuration()
-    assert duration.seconds == DEFAULT_RECYCLE_S and duration.measured == 0
+    assert duration.budget == duration.seconds == DEFAULT_RECYCLE_S and duration.measured == 0
     duration.observe(2.0)
-    assert duration.seconds == 2.0  # the first measurement replaces the guess
-    duration.observe(4.0)
-    assert 2.0 < duration.seconds < 4.0
+    assert (duration.seconds, duration.budget) == (2.0, 3.0)  # the first measurement replaces the guess
+    for _ in range(30):
+        duration.observe(2.0)
+    assert duration.seconds == 2.0 and duration.budget < 2.01  # steady: planned with little more than the average
+    duration.observe(6.0)
+    assert 2.0 < duration.seconds < duration.budget - 2.0  # after one slow recycle the plan allows for another
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         duration.observe(bad)
-    assert duration.measured == 2 and 2.0 < duration.seconds < 4.0
+    assert duration.measured == 32
 
 
 def test_a_turn_ends_after_the_recycles_ahead_of_it_and_those_running() -> None:
@@ -226,3 +230,22 @@ def test_a_single_jump_near_the_limit_is_not_recycled_early() -> None:
         growth.add(WARMUP_S + second, rss * MIB)
     sample = _sample(0, memory=140 * MIB, growth=growth.rate())
     assert plan([(sample, LIMIT)], pace=Pace(recycle_s=30.0)) == []
+
+
+def test_a_trend_counts_once_it_holds_on_consecutive_looks() -> None:
+    growth = Growth()
+    for look, (since_ready, rss) in enumerate(_series([100 + 3 * i for i in range(7)])):
+        growth.add(since_ready, rss)
+        assert (growth.rate() is not None) == (look >= 5)  # shown from the 5th look, counted from the 6th
+    growth.add(WARMUP_S + 7, 150 * MIB)  # one jump breaks the trend: not a steady leak any more
+    assert growth.rate() is None
+
+
+def test_no_early_recycle_before_a_worker_has_grown_a_third_of_its_headroom() -> None:
+    # Started at 120 MiB (30 MiB of headroom to 150), growing 10 MiB/s: at 125 MiB it may be a long warm-up.
+    young = Sample(0, 1000, 6.0, 0, 125 * MIB, growth=10 * MIB, first_memory=120 * MIB)
+    assert plan([(young, LIMIT)], pace=Pace()) == []
+    grown = dataclasses.replace(young, memory=131 * MIB)  # 11 of 30 MiB grown: a leak, forecast in 1.9 s
+    assert [d.slot for d in plan([(grown, LIMIT)], pace=Pace())] == [0]
+    unknown = dataclasses.replace(grown, first_memory=0)  # no first sample: only the limit itself counts
+    assert plan([(unknown, LIMIT)], pace=Pace()) == []

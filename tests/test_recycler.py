@@ -233,6 +233,7 @@ def test_a_growing_worker_is_recycled_before_its_limit_by_forecast() -> None:
         due = await rig.finish_replacements(task)
         assert due.reason == "max-memory" and due.overshoot < 1 and "forecast" in due.note
         assert (rig.recycler.duration.measured, rig.recycler.duration.seconds) == (1, 3.0)
+        assert rig.recycler.describe()["recycle_s"] == 4.5  # planned with its deviation
 
     run(scenario())
 

@@ -70,6 +70,7 @@ class Sample:
     requests: int  # HTTP responses it completed (its last report)
     memory: int  # bytes (RSS); 0 when not measured
     growth: float | None = None  # bytes/s of sustained RSS growth (``sustained_rate``); None: none seen
+    first_memory: int = 0  # bytes at its first sample once ready (0: not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +109,18 @@ def choose(candidates: Iterable[tuple[Sample, WorkerLimits]], held: set[int]) ->
 
 
 # --- the --max-memory forecast ----------------------------------------------------------------------------------
-WARMUP_S = 3.0  # a fresh worker's first seconds (lazy imports, first buffers) are growth, not a leak
+WARMUP_S = 2.0  # a fresh worker's first seconds (lazy imports, first buffers) are growth, not a leak
 WINDOW_S = 8.0  # the rate is fitted over the samples of the last seconds
 MIN_POINTS = 5
 MIN_SPAN_S = 4.0
 MIN_T = 3.0  # the slope must be this many standard errors above 0: noise is not a trend
 MAX_STEP_SHARE = 0.4  # no single step may carry more of the rise: a jump (a cache loaded once) is not a leak
+# Windows overlap, so one burst of noise could look like a trend for a look: the trend must hold on this many looks
+# in a row (simulated: a flat worker with +-5 MiB of noise shows one about every 7 hours at 1 look/s, not 2 an hour).
+CONFIRM_LOOKS = 2
+# An early recycle needs the worker to have grown by this share of its headroom (limit - RSS at its first sample):
+# a warm-up that lasts and then stops well below the limit never makes replacements recycled early one after another.
+MIN_GROWN_SHARE = 1 / 3
 DEFAULT_RECYCLE_S = 5.0  # until one is measured: a replacement's start plus a drain, on a modest machine
 RECYCLE_EWMA = 0.3
 
@@ -142,10 +149,13 @@ def sustained_rate(points: Sequence[tuple[float, int]]) -> float | None:
 
 
 class Growth:
-    """One worker's RSS samples of the last ``WINDOW_S`` (after its warm-up), and the rate they show."""
+    """One worker's RSS samples of the last ``WINDOW_S`` (after its warm-up), and the rate they show once it has
+    shown one on ``CONFIRM_LOOKS`` looks in a row."""
 
     def __init__(self) -> None:
         self._points: deque[tuple[float, int]] = deque(maxlen=256)  # bounded whatever the sampling interval
+        self._rate: float | None = None
+        self._streak = 0
 
     def add(self, since_ready: float, memory: int) -> None:
         if since_ready < WARMUP_S or memory <= 0:
@@ -156,34 +166,49 @@ class Growth:
         points.append((since_ready, memory))
         while since_ready - points[0][0] > WINDOW_S:
             points.popleft()
+        self._rate = sustained_rate(list(points))
+        self._streak = self._streak + 1 if self._rate is not None else 0
 
     def rate(self) -> float | None:
-        return sustained_rate(list(self._points))
+        return self._rate if self._streak >= CONFIRM_LOOKS else None
 
 
 @dataclass(slots=True)
 class RecycleDuration:
-    """How long a recycle takes (replacement ready, old worker drained): an EWMA of the measured ones."""
+    """How long a recycle takes (replacement ready, old worker drained): a moving average of the measured ones and
+    of their deviation, as TCP estimates a round trip (RFC 6298); the forecast plans with ``budget``."""
 
     seconds: float = DEFAULT_RECYCLE_S
+    deviation: float = 0.0
     measured: int = 0
+
+    @property
+    def budget(self) -> float:
+        """Seconds to plan a recycle with: the average and twice its deviation (a slow one is not a surprise)."""
+        return self.seconds + 2.0 * self.deviation
 
     def observe(self, seconds: float) -> None:
         if not 0.0 < seconds < 86400.0:
             return
-        # The first measurement replaces the default, a guess; later ones move the average.
-        self.seconds = seconds if not self.measured else self.seconds + RECYCLE_EWMA * (seconds - self.seconds)
+        if not self.measured:  # the first measurement replaces the default, a guess
+            self.seconds, self.deviation = seconds, seconds / 4
+        else:
+            self.deviation += RECYCLE_EWMA * (abs(seconds - self.seconds) - self.deviation)
+            self.seconds += RECYCLE_EWMA * (seconds - self.seconds)
         self.measured += 1
 
 
 def seconds_to_limit(sample: Sample, limits: WorkerLimits) -> float | None:
-    """Forecast seconds until ``sample``'s RSS reaches its limit (0 past it), or None when it is not growing."""
+    """Forecast seconds until ``sample``'s RSS reaches its limit (0 past it), or None when it is not growing (or
+    has not yet grown by ``MIN_GROWN_SHARE`` of its headroom)."""
     if not limits.memory or not sample.memory:
         return None
     if sample.memory >= limits.memory:
         return 0.0
-    if not sample.growth:
+    if not sample.growth or not sample.first_memory:
         return None
+    if sample.memory - sample.first_memory < MIN_GROWN_SHARE * (limits.memory - sample.first_memory):
+        return None  # not grown enough yet to tell a leak from a long warm-up
     return (limits.memory - sample.memory) / sample.growth
 
 

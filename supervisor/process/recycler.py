@@ -175,7 +175,7 @@ class Recycler:
             sample = self._sample(slot, now)
             if sample is not None:
                 candidates.append((sample, self._limits_of(sample.pid)))
-        pace = Pace(self.duration.seconds, self.interval, self.allowed, len(self._in_flight))
+        pace = Pace(self.duration.budget, self.interval, self.allowed, len(self._in_flight))
         if self.limits.max_memory:
             _, behind = memory_line([c for c in candidates if c[0].pid not in self.held], pace)
             if behind and not self.behind:
@@ -222,7 +222,8 @@ class Recycler:
         memory = self._rss.get(worker.pid, 0)
         growth = self._growth[worker.pid].rate() if worker.pid in self._growth else None
         requests = report.requests if report else 0
-        return Sample(slot.index, worker.pid, now - worker.started_at, requests, memory, growth)
+        first = self._first_memory.get(worker.pid, 0)
+        return Sample(slot.index, worker.pid, now - worker.started_at, requests, memory, growth, first)
 
     def _limits_of(self, pid: int) -> WorkerLimits:
         limits = self._worker_limits.get(pid)
@@ -253,7 +254,8 @@ class Recycler:
             if worker is None or worker.pid not in self._rss:
                 continue
             growth = self._growth[worker.pid].rate() if worker.pid in self._growth else None
-            sample = Sample(slot.index, worker.pid, 0.0, 0, self._rss[worker.pid], growth)
+            first = self._first_memory.get(worker.pid, 0)
+            sample = Sample(slot.index, worker.pid, 0.0, 0, self._rss[worker.pid], growth, first)
             eta = seconds_to_limit(sample, self._limits_of(worker.pid))
             shown[str(worker.pid)] = {
                 "growth_mib_s": round(growth / (1 << 20), 2) if growth else 0.0,
@@ -267,7 +269,7 @@ class Recycler:
         memory: dict[str, Any] = {}
         if limits.max_memory:
             memory = {
-                "recycle_s": round(self.duration.seconds, 2),
+                "recycle_s": round(self.duration.budget, 2),
                 "recycle_measured": self.duration.measured,
                 "forecast": self.forecast(),
                 "behind": self.behind,
