@@ -46,3 +46,19 @@ def test_the_mode_and_the_socketio_line() -> None:
 
 def test_no_socketio_line_without_a_manager() -> None:
     assert "socketio:" not in render_status(_status({"members": 1, "published": 5}, mode="least-conn"))
+
+
+def test_the_recycling_line_says_how_many_at_once_and_which_workers_the_line_is_too_slow_for() -> None:
+    status = _status({})
+    status["recycling"] = {
+        "max_memory_bytes": 150 << 20,
+        "recycled": 7,
+        "concurrency": 2,
+        "held": [],
+        "behind": ["slot 3: forecast 19 MiB past --max-memory when its turn ends"],
+    }
+    text = render_status(status)
+    assert "recycling: at 150.0MiB RSS; 7 recycled, up to 2 at once" in text
+    assert "  behind: slot 3: forecast 19 MiB past --max-memory when its turn ends" in text
+    status["recycling"]["concurrency"] = 1
+    assert "at once" not in render_status(status)
