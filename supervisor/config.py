@@ -99,6 +99,7 @@ class SupervisorConfig:
     max_lifetime: float = 0.0
     max_lifetime_jitter: float = 0.0
     max_memory: int = 0  # bytes of the worker's RSS
+    recycle_concurrency: int = 1  # slots recycled at once (the recycler keeps it below the worker count)
     admin: str | None = None  # the admin endpoint's [HOST:]PORT (metrics, health, dashboard); off unless given
     admin_token: str | None = field(default=None, repr=False)  # required unless the admin endpoint is on loopback
     # Several hosts (docs: "Several hosts"). The bridge URL may hold a password: never print this field.
@@ -125,6 +126,7 @@ class SupervisorConfig:
         check_range("max_requests_jitter", self.max_requests_jitter, 0, 1 << 53)
         check_range("max_lifetime_jitter", self.max_lifetime_jitter, 0, 10 * 365 * 86400)
         check_range("max_memory", self.max_memory, 0, 1 << 50)
+        check_range("recycle_concurrency", self.recycle_concurrency, 1, MAX_WORKERS)
         if self.max_lifetime:
             check_range("max_lifetime", self.max_lifetime, MAX_LIFETIME_FLOOR_S, 10 * 365 * 86400)
         elif self.max_lifetime < 0:

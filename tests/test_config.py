@@ -46,3 +46,14 @@ def test_settings_round_trip_through_the_worker_spec() -> None:
     assert config.worker.ws_drain_window == 0.5 and config.worker.graceful_timeout == 30.0
     with pytest.raises(ConfigError, match="bad worker spec"):
         WorkerSpec.from_json('{"settings": 1}')
+
+
+def test_recycle_concurrency_is_at_least_one() -> None:
+    base = {"app": "app:asgi", "workers": 4, "name": "x"}
+    assert SupervisorConfig.from_options(base).recycle_concurrency == 1
+    assert SupervisorConfig.from_options({**base, "recycle_concurrency": 2}).recycle_concurrency == 2
+    for bad in (0, -1, 1000):
+        with pytest.raises(ConfigError, match="recycle-concurrency must be between 1 and"):
+            SupervisorConfig.from_options({**base, "recycle_concurrency": bad})
+    with pytest.raises(ConfigError, match="recycle_concurrency|recycle-concurrency"):
+        SupervisorConfig.from_options({**base, "recycle_concurrency": "2"})

@@ -1,11 +1,12 @@
 """The recycler against a real fleet of plain worker objects (tests/test_fleet.py's harness): it replaces one slot
-at a time through the fleet, records the reason, stays out of the way of operations, and never loops."""
+at a time through the fleet (or up to --recycle-concurrency, never every worker), records the reason, recycles a
+growing worker early by forecast, stays out of the way of operations, and never loops."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ipc.messages import Report
@@ -23,7 +24,7 @@ def _report(worker: FakeWorker, requests: int) -> None:
 
 
 class Rig:
-    def __init__(self, limits: Limits, memory: dict[int, int] | None = None) -> None:
+    def __init__(self, limits: Limits, memory: dict[int, int] | None = None, concurrency: int = 1) -> None:
         self.h = Harness(graceful=5.0)
         self.memory = memory if memory is not None else {}
         self.operations = Operations(self.h.fleet, 1)
@@ -34,7 +35,12 @@ class Rig:
             memory_of=lambda pid: self.memory.get(pid, 0),
             clock=lambda: self.h.now,
             rng=random.Random(3),
+            interval=0.01,
+            concurrency=concurrency,
         )
+
+    def check_now(self) -> Any:
+        return self.recycler.check(self.h.now)
 
     async def step(self) -> asyncio.Task[Any]:
         """One look of the recycler, run as a task beside reconcile passes (its replace waits on them)."""
@@ -196,3 +202,97 @@ def test_a_replacement_is_sampled_at_once_even_while_its_recycle_still_drains() 
         assert rig.recycler.check(h.now) is None  # held, not recycled
 
     run(scenario())
+
+
+def _grow(rig: Rig, rates: dict[int, float], seconds: int) -> None:
+    """Advance the clock a second at a time, each worker's RSS growing at its rate (MiB/s), the recycler looking."""
+    for _ in range(seconds):
+        rig.h.now += 1.0
+        for pid, rate in rates.items():
+            rig.memory[pid] = rig.memory.get(pid, 60 * MIB) + int(rate * MIB)
+        rig.recycler.observe(rig.h.now)
+
+
+def test_a_growing_worker_is_recycled_before_its_limit_by_forecast() -> None:
+    async def scenario() -> None:
+        rig = Rig(Limits(max_memory=150 * MIB))
+        h = rig.h
+        await h.started(2)
+        leaking, flat = h.workers()
+        _grow(rig, {leaking.pid: 5.0, flat.pid: 0.0}, 12)  # 120 MiB, growing 5 MiB/s: 6 s from the limit
+        assert rig.check_now() is None  # its turn (5 s per recycle by default, + 1 s) would end in time
+        _grow(rig, {leaking.pid: 5.0, flat.pid: 0.0}, 1)  # 125 MiB: 5 s from it, within its turn
+        forecast = rig.recycler.describe()["forecast"]
+        assert (
+            forecast[str(leaking.pid)]["growth_mib_s"] == 5.0 and forecast[str(leaking.pid)]["seconds_to_limit"] == 5.0
+        )
+        assert forecast[str(flat.pid)] == {"growth_mib_s": 0.0, "seconds_to_limit": None}
+        task = await rig.step()
+        assert [w.slot for w in h.starting()] == [leaking.slot]
+        h.now += 3.0
+        due = await rig.finish_replacements(task)
+        assert due.reason == "max-memory" and due.overshoot < 1 and "forecast" in due.note
+        assert (rig.recycler.duration.measured, rig.recycler.duration.seconds) == (1, 3.0)
+        assert rig.recycler.describe()["recycle_s"] == 4.5  # planned with its deviation
+
+    run(scenario())
+
+
+def test_up_to_recycle_concurrency_slots_are_recycled_at_once_but_never_every_worker() -> None:
+    async def scenario() -> None:
+        rig = Rig(Limits(max_memory=100 * MIB), concurrency=5)
+        h = rig.h
+        await h.started(3)
+        assert rig.recycler.allowed == 2  # 5 asked, 3 workers: at least one old worker always serves
+        rig.recycler.observe(h.now)  # first samples, under the limit
+        for worker in h.workers():
+            rig.memory[worker.pid] = 120 * MIB
+        loop = asyncio.create_task(rig.recycler.run())
+        try:
+            await asyncio.wait_for(_until(h, lambda: len(h.starting()) == 2), 5.0)
+            for _ in range(20):
+                await h.settle()
+                await asyncio.sleep(0.01)  # more looks: the third waits for a free place
+            assert len(h.starting()) == 2 and rig.operations.running == "recycle"
+            for worker in h.starting():
+                worker.on_ready()
+            await h.settle()
+            for worker in list(h.spawned):
+                if worker.state is WorkerState.DRAINING:
+                    worker.exit(0)
+            await asyncio.wait_for(_until(h, lambda: len(h.starting()) == 1), 5.0)
+            assert {w.slot for w in h.starting()} == {slot.index for slot in h.fleet.slots if slot.replacements == {}}
+        finally:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+
+    run(scenario())
+
+
+def test_no_recycle_starts_while_a_user_operation_waits_for_the_running_one() -> None:
+    async def scenario() -> None:
+        rig = Rig(Limits(max_requests=10), concurrency=2)
+        h = rig.h
+        await h.started(3)
+        for worker in h.workers():
+            _report(worker, 20)
+        recycle = await rig.step()
+        scale = asyncio.ensure_future(rig.operations.scale(2, lambda event: None))
+        await h.settle()
+        assert rig.operations.waiting == 1 and rig.recycler.due(h.now) == []  # the scale goes next
+        await rig.finish_replacements(recycle)
+        await h.settle()
+        for worker in list(h.spawned):
+            if worker.state is WorkerState.DRAINING:
+                worker.exit(0)
+        await h.settle()
+        assert await asyncio.wait_for(scale, 1.0) == {"from": 3, "to": 2}
+
+    run(scenario())
+
+
+async def _until(h: Harness, condition: Callable[[], bool]) -> None:
+    """Reconcile passes (the harness runs no fleet loop) until ``condition`` holds."""
+    while not condition():
+        await h.settle()
+        await asyncio.sleep(0.005)

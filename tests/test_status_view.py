@@ -75,3 +75,19 @@ def test_no_http_limits_line_while_no_limit_acted() -> None:
     assert "http limits" not in render_status(status)
     del status["totals"]["http_limits"]  # an older supervisor's document
     assert "http limits" not in render_status(status)
+
+
+def test_the_recycling_line_says_how_many_at_once_and_which_workers_the_line_is_too_slow_for() -> None:
+    status = _status({})
+    status["recycling"] = {
+        "max_memory_bytes": 150 << 20,
+        "recycled": 7,
+        "concurrency": 2,
+        "held": [],
+        "behind": ["slot 3: forecast 19 MiB past --max-memory when its turn ends"],
+    }
+    text = render_status(status)
+    assert "recycling: at 150.0MiB RSS; 7 recycled, up to 2 at once" in text
+    assert "  behind: slot 3: forecast 19 MiB past --max-memory when its turn ends" in text
+    status["recycling"]["concurrency"] = 1
+    assert "at once" not in render_status(status)

@@ -163,6 +163,12 @@ def add_recycling(start: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-memory", type=size, metavar="SIZE", help="recycle a worker whose RSS reaches SIZE (512M, 1G; 0: off)"
     )
+    group.add_argument(
+        "--recycle-concurrency",
+        type=int,
+        metavar="N",
+        help="recycle up to N slots at once (default 1; never all workers) when one at a time cannot keep up",
+    )
 
 
 def add_uvicorn(start: argparse.ArgumentParser) -> None:

@@ -185,8 +185,13 @@ def _recycling_lines(status: dict[str, Any]) -> list[str]:
     if recycling.get("max_memory_bytes"):
         limits.append(f"at {_size(recycling['max_memory_bytes'])} RSS")
     if limits:
-        lines.append(f"recycling: {', '.join(limits)}; {recycling.get('recycled', 0)} recycled")
+        at_once = recycling.get("concurrency", 1)
+        lines.append(
+            f"recycling: {', '.join(limits)}; {recycling.get('recycled', 0)} recycled"
+            + (f", up to {at_once} at once" if at_once > 1 else "")
+        )
     lines += [f"  held: {note}" for note in recycling.get("held") or []]
+    lines += [f"  behind: {note}" for note in recycling.get("behind") or []]
     if recycling.get("last_error"):
         lines.append(f"  last failure: {recycling['last_error']}")
     return lines

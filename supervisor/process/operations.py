@@ -1,5 +1,6 @@
 """Rolling changes to a running instance: zero-downtime reload (``wsup reload``, SIGHUP), scale, restart, and the
-recycling of one worker past a limit (asked by ``supervisor.process.recycler``); one at a time.
+recycling of a worker past a limit (asked by ``supervisor.process.recycler``); one operation at a time, except that
+recycles of different slots may overlap (the recycler bounds how many: ``--recycle-concurrency``).
 
 Each is a sequence of requests to the fleet, which alone starts, swaps and drains workers. A reload replaces slots
 in batches, least-loaded first: the replacement starts on the slot's own socket, and only once it reports READY is
@@ -51,6 +52,8 @@ class Operations:
         self.fleet = fleet
         self.default_batch = default_batch
         self.running: str | None = None
+        self._holders = 0  # operations running: 1, or the recycles running together
+        self.waiting = 0  # user operations waiting for running recycles to finish
         self._idle = asyncio.Event()
         self._idle.set()
         self.observers: list[Observer] = []
@@ -70,13 +73,22 @@ class Operations:
         try:
             # A recycle is one slot, bounded by the drain: a user's operation waits for it instead of being refused
             # (a deploy script should not fail because a worker reached --max-requests at that moment).
-            while self.running == "recycle" and what != "recycle":
-                await self._idle.wait()
-            if self.running is not None:
+            # Waiting, it goes next: no new recycle starts meanwhile (a line of recycles would otherwise starve it).
+            self.waiting += what != "recycle"
+            try:
+                while self.running == "recycle" and what != "recycle":
+                    await self._idle.wait()
+            finally:
+                self.waiting -= what != "recycle"
+            if what == "recycle" and self.waiting:
+                raise ReloadInProgressError("an operation is waiting for the running recycles to finish")
+            # Recycles of different slots may run together: the fleet advances each replacement batch on its own.
+            if self.running is not None and not (self.running == what == "recycle"):
                 raise ReloadInProgressError(f"a {self.running} is in progress: wait for it to finish, then try again")
             if self.fleet.stopping:
                 raise OperationInterruptedError("the instance is stopping")
             self.running = what
+            self._holders += 1
             self._idle.clear()
             self._tell(what, None)
             outcome = "failed"
@@ -87,17 +99,21 @@ class Operations:
                 outcome = "interrupted"
                 raise
             finally:
-                self.running = None
-                self._idle.set()
+                self._holders -= 1
+                if not self._holders:
+                    self.running = None
+                    self._idle.set()
                 self._tell(what, outcome)
         finally:
             heartbeat.cancel()
 
     async def recycle(self, slot: Slot, pid: int, reason: str) -> list[dict[str, Any]]:
         """Replace ``slot``'s worker ``pid`` (past a recycling limit) like one slot of a reload; nothing if another
-        worker serves the slot by now."""
+        worker serves the slot by now (or the slot is being replaced already)."""
         async with self._exclusive("recycle", lambda event: None):
             if slot not in self.fleet.slots or slot.worker is None or slot.worker.pid != pid or slot.removing:
+                return []
+            if slot.batch is not None or slot.candidate is not None:
                 return []
             return await self.fleet.replace([slot], reason, lambda event: None)
 

@@ -1,10 +1,13 @@
 """The recycler (a supervised task of the supervisor process): once a second it samples the serving workers
-(requests from their reports, age, RSS through psutil) and asks ``Operations.recycle`` to replace the one furthest
-past a limit, through the same path as a reload's slot: replacement ready first, then the old worker drains.
+(requests from their reports, age, RSS through psutil) and asks ``Operations.recycle`` to replace the workers due
+(``recycle_policy.plan``), through the same path as a reload's slot: replacement ready first, then the old worker
+drains. With ``--max-memory`` it keeps each worker's RSS growth and times each recycle, so that a growing worker is
+replaced before its forecast RSS passes the limit while it waits its turn.
 
 It never writes the worker table (only the fleet does), never recycles while a reload, scale or restart runs, and
-never two slots at once. A worker already over ``--max-memory`` when it starts is held and reported, not recycled
-(its replacement would be over too); a slot whose replacement fails to start is retried with a growing delay.
+never more slots at once than ``--recycle-concurrency`` (1 unless asked; at most workers - 1). A worker already over
+``--max-memory`` when it starts is held and reported, not recycled (its replacement would be over too); a slot whose
+replacement fails to start is retried with a growing delay.
 """
 
 from __future__ import annotations
@@ -21,7 +24,20 @@ import psutil
 from ipc.errors import OperationInterruptedError, ReloadInProgressError, WsupError
 from supervisor.process.fleet import Fleet, Phase
 from supervisor.process.operations import Operations
-from supervisor.process.recycle_policy import Due, Limits, Sample, WorkerLimits, born_over, choose, retry_delay
+from supervisor.process.recycle_policy import (
+    Due,
+    Growth,
+    Limits,
+    Pace,
+    RecycleDuration,
+    Sample,
+    WorkerLimits,
+    born_over,
+    memory_line,
+    plan,
+    retry_delay,
+    seconds_to_limit,
+)
 from supervisor.process.slots import Slot
 from supervisor.process.worker_state import WorkerState
 
@@ -59,48 +75,60 @@ class Recycler:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         interval: float = SAMPLE_S,
+        concurrency: int = 1,
     ) -> None:
         self.fleet, self.operations, self.limits = fleet, operations, limits
+        self.concurrency = concurrency
         self._memory = memory_of or ProcessMemory()
         self._clock = clock
         self._rng = rng or random.Random()
         self.interval = interval
         self._worker_limits: dict[int, WorkerLimits] = {}  # pid -> its limits, drawn when first seen
         self._first_memory: dict[int, int] = {}  # pid -> RSS at its first sample once ready
+        self._rss: dict[int, int] = {}  # pid -> RSS at the last look
+        self._growth: dict[int, Growth] = {}  # pid -> its recent RSS samples
+        self.duration = RecycleDuration()
+        self._in_flight: set[int] = set()  # slots being recycled now
+        self.behind: list[str] = []  # workers forecast past the limit even so, at the last look
         self.held: dict[int, str] = {}  # pid -> why it is not recycled although past a limit
         self._failures: dict[int, int] = {}  # slot -> consecutive recycles whose replacement failed
         self._retry_at: dict[int, float] = {}  # slot -> monotonic time before which it is not tried again
         self.last_error: str | None = None
         self.recycled = 0
 
+    @property
+    def allowed(self) -> int:
+        """Slots recycled at once: ``--recycle-concurrency``, but never every worker of the instance."""
+        return max(1, min(self.concurrency, self.fleet.target - 1))
+
     async def run(self) -> None:
-        """Look every ``interval``. A recycle runs as a task of its own, so that the looks go on meanwhile: a new
+        """Look every ``interval``. Recycles run as tasks of their own, so that the looks go on meanwhile: a new
         worker's first memory sample is taken within one interval of its readiness, also while a recycle (or a
-        reload) drains, which is what tells a worker that is over the limit from the start from a leak."""
-        recycling: asyncio.Task[None] | None = None
+        reload) drains, which is what tells a worker that is over the limit from the start from a leak; and every
+        worker's growth is sampled whatever runs."""
+        recycling: set[asyncio.Task[None]] = set()
         try:
             while True:
                 await asyncio.sleep(self.interval)
-                if recycling is not None and recycling.done():
-                    finished: asyncio.Task[None] = recycling
-                    recycling = None
+                for finished in [task for task in recycling if task.done()]:
+                    recycling.discard(finished)
                     finished.result()  # a bug in a recycle fails this supervised task: logged, counted, restarted
-                if recycling is None:
-                    due = self.check(self._clock())
-                    if due is not None:
-                        recycling = asyncio.create_task(self._recycle_in_line(due))
-                else:
+                free = self.allowed - len(recycling)
+                if free <= 0:
                     self.observe(self._clock())
+                    continue
+                for due in self.due(self._clock())[:free]:
+                    recycling.add(asyncio.create_task(self._recycle_in_line(due)))
         finally:
-            if recycling is not None:
-                recycling.cancel()
+            for task in recycling:
+                task.cancel()
 
     async def _recycle_in_line(self, due: Due | None) -> None:
         while due is not None and await self._recycle(due):  # workers waiting in line: the next goes at once
             due = self.check(self._clock())
 
     async def step(self) -> Due | None:
-        """Look once; recycle the worker most past its limit, if any. Returns what was recycled."""
+        """Look once; recycle the first worker due, if any. Returns what was recycled."""
         due = self.check(self._clock())
         if due is None or not await self._recycle(due):
             return None
@@ -108,9 +136,11 @@ class Recycler:
 
     async def _recycle(self, due: Due) -> bool:
         slot = self.fleet.slots[due.slot]
-        logger.info("slot %d: recycling worker %d (%s)", due.slot, due.pid, due.reason)
+        logger.info("slot %d: recycling worker %d (%s: %s)", due.slot, due.pid, due.reason, due.note)
+        self._in_flight.add(due.slot)
+        started = self._clock()
         try:
-            await self.operations.recycle(slot, due.pid, due.reason)
+            replaced = await self.operations.recycle(slot, due.pid, due.reason)
         except (ReloadInProgressError, OperationInterruptedError):
             return False  # an operation started meanwhile, or the instance is stopping: look again later
         except WsupError as exc:
@@ -121,34 +151,56 @@ class Recycler:
             self.last_error = f"slot {due.slot}: {due.reason} recycle failed: {exc}"[:500]
             logger.error("%s; trying again in %.0fs", self.last_error, delay)
             return False
+        finally:
+            self._in_flight.discard(due.slot)
+        if replaced:  # (nothing to do when another worker serves the slot by now: not a recycle's duration)
+            self.duration.observe(self._clock() - started)
         self._failures.pop(due.slot, None)
         self.recycled += 1
         return True
 
     def check(self, now: float) -> Due | None:
         """The worker to recycle now, or None (nothing due, or not the time: an operation runs, a stop...)."""
+        return next(iter(self.due(now)), None)
+
+    def due(self, now: float) -> list[Due]:
+        """Every worker due now, in order (empty when it is not the time: an operation runs, a stop...)."""
         self.observe(now)
         fleet = self.fleet
-        if fleet.phase is not Phase.RUNNING or self.operations.running is not None:
-            return None
+        operations = self.operations
+        if fleet.phase is not Phase.RUNNING or operations.running not in (None, "recycle") or operations.waiting:
+            return []
         candidates = []
         for slot in fleet.slots[: fleet.target]:
             sample = self._sample(slot, now)
             if sample is not None:
                 candidates.append((sample, self._limits_of(sample.pid)))
-        return choose(candidates, set(self.held))
+        pace = Pace(self.duration.budget, self.interval, self.allowed, len(self._in_flight))
+        if self.limits.max_memory:
+            _, behind = memory_line([c for c in candidates if c[0].pid not in self.held], pace)
+            if behind and not self.behind:
+                logger.warning(
+                    "--max-memory: recycling %d at a time cannot keep up (%s); a higher --recycle-concurrency"
+                    " would let more slots recycle at once", self.allowed, "; ".join(behind),
+                )  # fmt: skip
+            self.behind = behind
+        return plan(candidates, self.held, pace)
 
     def observe(self, now: float) -> None:
-        """Take each new serving worker's first memory sample (whatever runs), and hold it if it is over the limit
-        already: its replacement would be too, so recycling it would loop."""
+        """Sample each serving worker's RSS (whatever runs) into its growth; take each new one's first sample, and
+        hold it if it is over the limit already: its replacement would be too, so recycling it would loop."""
         self._forget_gone()
         if not self.limits.max_memory:
             return
         for slot in self.fleet.slots:
             worker = slot.worker
-            if worker is None or worker.state is not WorkerState.READY or worker.pid in self._first_memory:
+            if worker is None or worker.state is not WorkerState.READY or worker.ready_at is None:
                 continue
-            memory = self._first_memory[worker.pid] = self._memory(worker.pid)
+            memory = self._rss[worker.pid] = self._memory(worker.pid)
+            self._growth.setdefault(worker.pid, Growth()).add(now - worker.ready_at, memory)
+            if worker.pid in self._first_memory:
+                continue
+            self._first_memory[worker.pid] = memory
             limits = self._limits_of(worker.pid)
             if memory and born_over(memory, limits):
                 self.held[worker.pid] = (
@@ -164,11 +216,14 @@ class Recycler:
             return None
         if slot.candidate is not None or slot.batch is not None or slot.removing or slot.held:
             return None
-        if now < self._retry_at.get(slot.index, 0.0):
+        if slot.index in self._in_flight or now < self._retry_at.get(slot.index, 0.0):
             return None
         report = worker.last_report
-        memory = self._memory(worker.pid) if self.limits.max_memory else 0
-        return Sample(slot.index, worker.pid, now - worker.started_at, report.requests if report else 0, memory)
+        memory = self._rss.get(worker.pid, 0)
+        growth = self._growth[worker.pid].rate() if worker.pid in self._growth else None
+        requests = report.requests if report else 0
+        first = self._first_memory.get(worker.pid, 0)
+        return Sample(slot.index, worker.pid, now - worker.started_at, requests, memory, growth, first)
 
     def _limits_of(self, pid: int) -> WorkerLimits:
         limits = self._worker_limits.get(pid)
@@ -178,15 +233,47 @@ class Recycler:
 
     def _forget_gone(self) -> None:
         live = {worker.pid for worker in self.fleet.workers()}
-        for table in (self._worker_limits, self._first_memory, self.held):
+        tables: tuple[dict[int, Any], ...] = (
+            self._worker_limits,
+            self._first_memory,
+            self.held,
+            self._rss,
+            self._growth,
+        )
+        for table in tables:
             for pid in set(table) - live:
                 del table[pid]
         if isinstance(self._memory, ProcessMemory):
             self._memory.forget(live)
 
+    def forecast(self) -> dict[str, dict[str, float | None]]:
+        """Per serving worker (by pid): its sustained RSS growth (MiB/s) and forecast seconds to --max-memory."""
+        shown: dict[str, dict[str, float | None]] = {}
+        for slot in self.fleet.slots:
+            worker = slot.worker
+            if worker is None or worker.pid not in self._rss:
+                continue
+            growth = self._growth[worker.pid].rate() if worker.pid in self._growth else None
+            first = self._first_memory.get(worker.pid, 0)
+            sample = Sample(slot.index, worker.pid, 0.0, 0, self._rss[worker.pid], growth, first)
+            eta = seconds_to_limit(sample, self._limits_of(worker.pid))
+            shown[str(worker.pid)] = {
+                "growth_mib_s": round(growth / (1 << 20), 2) if growth else 0.0,
+                "seconds_to_limit": round(eta, 1) if eta is not None else None,
+            }
+        return shown
+
     def describe(self) -> dict[str, Any]:
         """For ``status --json``: the settings, each serving worker's own limits, and what is held or failed."""
         limits = self.limits
+        memory: dict[str, Any] = {}
+        if limits.max_memory:
+            memory = {
+                "recycle_s": round(self.duration.budget, 2),
+                "recycle_measured": self.duration.measured,
+                "forecast": self.forecast(),
+                "behind": self.behind,
+            }
         return {
             "max_requests": limits.max_requests,
             "max_requests_jitter": limits.max_requests_jitter,
@@ -197,4 +284,6 @@ class Recycler:
             "workers": {str(pid): worker.describe() for pid, worker in self._worker_limits.items()},
             "held": list(self.held.values()),
             "last_error": self.last_error,
+            "concurrency": self.allowed,
+            **memory,
         }

@@ -106,7 +106,9 @@ class Supervisor:
             self.host_drain = HostDrain(self._serving, config.worker.ws_drain_window, self.tasks.spawn, heard)
             await self._open_multihost(context, stack)
             self.operations = Operations(self.fleet, config.reload_batch)
-            self.recycler = Recycler(self.fleet, self.operations, _limits(config))
+            self.recycler = Recycler(
+                self.fleet, self.operations, _limits(config), concurrency=config.recycle_concurrency
+            )
             self.commands = ControlCommands(
                 operations=self.operations,
                 bus=self.bus,
