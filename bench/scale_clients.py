@@ -3,8 +3,8 @@
 Run by ``bench/scale.py`` (several at once: a process here is limited to 20,000 file descriptors, and one source
 address to ~28,000 ephemeral ports towards one server port). A client is a bare asyncio protocol, not a WebSocket
 library: the handshake request, the 101 response, the worker's greeting (``{"type": "hello", "pid": ...}``), then
-nothing but an answer to the server's close frame. A library client costs ~10x the memory and CPU per connection,
-and on 2 cores the clients' CPU is taken from the servers being measured.
+nothing but answers to the server's pings and close frame. A library client costs ~10x the memory and CPU per
+connection, and on 2 cores the clients' CPU is taken from the servers being measured.
 
 Protocol on stdin/stdout (one JSON object per line): the process connects ``--count`` clients at ``--rate`` per
 second (0: as fast as it can, ``--parallel`` handshakes in flight) and prints ``{"event": "connected", ...}`` with
@@ -76,6 +76,9 @@ class Client(asyncio.Protocol):
             if opcode == 0x1 and not self.pid:
                 self.pid = int(orjson.loads(payload)["pid"])
                 self.pool.greeted(self)
+            elif opcode == 0x9:  # the server's keepalive ping: answer as every client library does
+                assert self.transport is not None
+                self.transport.write(bytes((0x8A, 0x80 | length)) + b"\x00\x00\x00\x00" + payload)
             elif opcode == 0x8:
                 self.closed_code = int.from_bytes(payload[:2], "big") if length >= 2 else 1005
                 # Answer the close (masked, as a client must) and let the server end the TCP connection.
@@ -174,6 +177,12 @@ async def main(args: argparse.Namespace) -> None:
             tasks.append(asyncio.create_task(pool.hold(index, args.reconnect, placed)))
             await placed
 
+    async def progress() -> None:  # to stderr, for whoever watches a long run
+        while True:
+            await asyncio.sleep(5.0)
+            print(f"{args.source}: {pool.greetings} greeted, errors {dict(pool.errors)}", file=sys.stderr, flush=True)
+
+    progress_task = asyncio.create_task(progress())
     launches = []
     for index in range(args.count):
         launches.append(asyncio.create_task(one(index)))
@@ -184,6 +193,7 @@ async def main(args: argparse.Namespace) -> None:
     while pool.greetings + sum(pool.errors.values()) < args.count and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     seconds = time.monotonic() - started
+    progress_task.cancel()
     print(orjson.dumps({**pool.report(), "event": "connected", "seconds": round(seconds, 3)}).decode(), flush=True)
 
     stop = asyncio.Event()
