@@ -202,7 +202,7 @@ def test_reload_replaces_least_loaded_first_and_drains_only_after_the_swap() -> 
         operations = Operations(h.fleet, default_batch=1)
         reload = asyncio.ensure_future(operations.reload(lambda event: None))
         await h.settle()
-        assert h.fleet.reload_floor == 4
+        assert [slot.pending for slot in h.fleet.slots] == [True, True, True]
         first = h.starting()
         assert [w.slot for w in first] == [1]  # one batch at a time, the least-loaded slot first
         assert old[1].signals == []  # not drained before its replacement is ready
@@ -221,7 +221,8 @@ def test_reload_replaces_least_loaded_first_and_drains_only_after_the_swap() -> 
             await h.settle()
         result = await _finish(reload)
         assert [event["slot"] for event in result["slots"]] == [1, 2, 0]
-        assert h.fleet.reload_floor is None and operations.running is None
+        assert not h.fleet.replacing and operations.running is None
+        assert not any(slot.pending for slot in h.fleet.slots)
         assert all(w.generation >= 4 for w in h.workers())
         assert [slot.last_reason for slot in h.fleet.slots] == ["reload"] * 3
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ipc.errors import OperationInterruptedError, StartupError
@@ -126,14 +126,24 @@ class Fleet(WorkerTable):
         return await self._wait(lambda: self._restarted(floor, failures))  # type: ignore[no-any-return]
 
     @contextlib.contextmanager
-    def rolling(self) -> Iterator[None]:
-        """While a reload or restart runs, only workers it started take new connections, once one is ready: a
-        client that reconnects is never sent to a worker that is about to be replaced (one disconnect per client)."""
-        self.reload_floor = self.generation + 1
+    def rolling(self, slots: Iterable[Slot]) -> Iterator[None]:
+        """While a reload, restart or recycle runs: ``slots`` (all it will replace) are pending until each one's
+        replacement is swapped in (or, for a restart, its old worker drains). Steering gives a pending slot no new
+        connections while a slot that is not pending serves, so a client that reconnects is sent only to a worker
+        this operation has already started, never to one it will replace next: one disconnect per client.
+
+        The fleet writes the plan, so it also owns its end: a failed or interrupted operation leaves nothing
+        pending, and the old workers that keep serving take connections again."""
+        self.replacing = True
+        for slot in slots:
+            slot.pending = True
+        self._on_change()  # a recycle's slot leaves steering now; a reload's slots once the first swap is done
         try:
             yield
         finally:
-            self.reload_floor = None
+            self.replacing = False
+            for slot in self.slots:
+                slot.pending = False
             self._on_change()
 
     async def stop(self) -> None:

@@ -99,7 +99,8 @@ class Operations:
         async with self._exclusive("recycle", lambda event: None):
             if slot not in self.fleet.slots or slot.worker is None or slot.worker.pid != pid or slot.removing:
                 return []
-            return await self.fleet.replace([slot], reason, lambda event: None)
+            with self.fleet.rolling([slot]):  # its clients go to the other workers, not to the one about to drain
+                return await self.fleet.replace([slot], reason, lambda event: None)
 
     async def reload(self, progress: Progress, batch: int | None = None) -> dict[str, Any]:
         fleet = self.fleet
@@ -109,8 +110,9 @@ class Operations:
         async with self._exclusive("reload", progress):
             started = time.monotonic()
             replaced: list[dict[str, Any]] = []
-            with fleet.rolling():
-                for group in batches(reload_order(fleet.slots[: fleet.target]), size):
+            order = reload_order(fleet.slots[: fleet.target])
+            with fleet.rolling(order):
+                for group in batches(order, size):
                     replaced += await fleet.replace(group, "reload", progress)
             seconds = round(time.monotonic() - started, 2)
             logger.info("reload finished: %d slots replaced in %.2fs", len(replaced), seconds)
@@ -136,7 +138,7 @@ class Operations:
         fleet = self.fleet
         async with self._exclusive("restart", progress):
             started = time.monotonic()
-            with fleet.rolling():
+            with fleet.rolling(fleet.slots[: fleet.target]):
                 pids, errors = await fleet.restart()
             if errors:
                 raise ReloadFailedError("restart: " + "; ".join(errors) + " (failed slots are retried with backoff)")

@@ -66,7 +66,9 @@ class WorkerTable:
         self.target = 0
         self.generation = 0
         self.phase = Phase.STARTING
-        self.reload_floor: int | None = None  # while replacing: the first generation that counts as replaced
+        # A reload, restart or recycle runs: the clients of the workers it drains will come back. Which slots it
+        # has still to replace is each slot's ``pending``.
+        self.replacing = False
         self._batches: list[ReplaceBatch] = []
         self._by_pid: dict[int, WorkerHandle] = {}
         self._killed: set[int] = set()
@@ -189,7 +191,7 @@ class WorkerTable:
         for slot in self.slots:
             if slot.held and slot.worker is not None:
                 self._drain(slot.worker, DRAIN_FOR_REPLACEMENT, "restart")
-                slot.worker = None
+                slot.worker, slot.pending = None, False  # its next worker is the replacement
                 changed = True
         return changed
 
@@ -233,7 +235,7 @@ class WorkerTable:
         for slot in batch.slots:
             old, new = slot.worker, slot.candidate
             assert new is not None
-            slot.worker, slot.candidate = new, None
+            slot.worker, slot.candidate, slot.pending = new, None, False
             slot.replaced(batch.reason)
             if old is None:
                 batch.replaced(slot.index, None, new.pid, {}, 0.0)

@@ -18,8 +18,8 @@ from supervisor.steering.tcp_info import accept_queue
 def slot_loads(fleet: Fleet, listeners: Sequence[socket.socket], stall_after: float) -> list[SlotLoad]:
     """One ``SlotLoad`` per slot, in slot order: its worker's shared and reported counts, its accept queue."""
     loads = []
-    replaced = replaced_ready(fleet)  # once per update, not once per slot
-    eligible = [takes_new_connections(fleet, slot, replaced) for slot in fleet.slots]
+    pending_out = settled_slot_serves(fleet)  # once per update, not once per slot
+    eligible = [takes_new_connections(fleet, slot, pending_out) for slot in fleet.slots]
     awake = [ok and not _silent(slot, stall_after) for ok, slot in zip(eligible, fleet.slots, strict=True)]
     # A worker silent for stall_after gets no new connections while another can take them. When every one that
     # may is silent (a reload's first replacement taking all the reconnecting clients, or a saturated machine),
@@ -65,23 +65,24 @@ def _silent(slot: Slot, stall_after: float) -> bool:
     return slot.worker is not None and slot.worker.report_age() >= stall_after
 
 
-def takes_new_connections(fleet: Fleet, slot: Slot, replaced: bool) -> bool:
-    """Whether steering may send new connections to ``slot``'s worker (weight > 0), silence aside."""
+def takes_new_connections(fleet: Fleet, slot: Slot, pending_out: bool) -> bool:
+    """Whether steering may send new connections to ``slot``'s worker (weight > 0), silence aside.
+
+    ``pending_out`` (``settled_slot_serves``): a slot pending replacement is left out, because a client sent there
+    would be disconnected again by the same reload. Only while another slot serves: before the first replacement
+    of a reload is ready every slot is pending, and the old workers go on serving as if nothing ran.
+    """
     worker = slot.worker
     if worker is None or worker.state is not WorkerState.READY or slot.removing or fleet.stopping:
         return False
-    floor = fleet.reload_floor
-    # During a reload, only workers already replaced take new connections (once one is ready), so a client
-    # that reconnects is never sent to a worker that will be restarted next: one disconnect per reload.
-    return floor is None or worker.generation >= floor or not replaced
+    return not (slot.pending and pending_out)
 
 
-def replaced_ready(fleet: Fleet) -> bool:
-    """During a reload: whether some already-replaced worker is ready to take the reconnecting clients."""
-    floor = fleet.reload_floor
-    return floor is not None and any(
-        s.worker is not None and s.worker.generation >= floor and s.worker.state is WorkerState.READY
-        for s in fleet.slots
+def settled_slot_serves(fleet: Fleet) -> bool:
+    """Whether a ready worker serves a slot that is not pending replacement (during a reload: one already replaced)."""
+    return any(
+        not slot.pending and not slot.removing and slot.worker is not None and slot.worker.state is WorkerState.READY
+        for slot in fleet.slots
     )
 
 

@@ -90,6 +90,9 @@ class Slot:
     batch: Any = None  # the fleet's ReplaceBatch this slot belongs to while an operation replaces it
     removing: bool = False  # scale-down: drain the worker, then close the socket and drop the slot
     held: bool = False  # restart: no new worker until the old one has exited
+    # The running reload, restart or recycle will replace this slot's worker and has not yet: steering sends it no
+    # new connection while a slot that is not pending serves (a client sent there would be cut twice).
+    pending: bool = False
     restarts: int = 0  # workers started on this slot after the first one
     spawned: int = 0
     failures: int = 0  # consecutive exits that were not preceded by a healthy run
