@@ -72,13 +72,12 @@ def test_slots_a_reload_will_replace_take_nothing_once_a_replaced_one_serves() -
         await h.settle()
         assert h.changes > changes  # the swap re-plans steering at once
         assert _eligible(h) == [slot == first.slot for slot in range(4)]
-        old = h.fleet.slots[first.slot]
-        draining = next(entry.worker for entry in h.fleet.draining if entry.worker.slot == old.index)
-        draining.exit()  # type: ignore[attr-defined]
-        await h.settle()
-        (second,) = h.starting()
-        assert _eligible(h) == [slot == first.slot for slot in range(4)]  # the next one starting changes nothing
+        (second,) = h.starting()  # started while the first slot's old worker drains
         second.on_ready()
+        await h.settle()
+        assert _eligible(h) == [slot == first.slot for slot in range(4)]  # ready, but not swapped in yet
+        (draining,) = (entry.worker for entry in h.fleet.draining)
+        draining.exit()  # type: ignore[attr-defined]
         await h.settle()
         assert _eligible(h) == [slot in (first.slot, second.slot) for slot in range(4)]
         reload.cancel()
@@ -96,7 +95,7 @@ def test_a_pending_slot_whose_worker_crashed_and_came_back_stays_out_until_the_r
         (first,) = h.starting()
         first.on_ready()
         await h.settle()
-        crashed = next(slot for slot in h.fleet.slots if slot.pending)
+        crashed = next(slot for slot in h.fleet.slots if slot.pending and slot.candidate is None)  # replaced last
         crashed.worker.exit(1)  # type: ignore[union-attr]
         await h.settle()
         h.now += 1.0  # past the restart backoff

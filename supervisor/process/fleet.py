@@ -100,20 +100,39 @@ class Fleet(WorkerTable):
         events: list[dict[str, Any]] = await self._wait(lambda: removal.outcome(self._removing()))
         return events
 
-    async def replace(self, slots: list[Slot], reason: str, progress: Progress) -> list[dict[str, Any]]:
-        """Start a replacement for each of ``slots``; once all are ready, swap them in and drain the old workers."""
+    async def replace(self, groups: list[list[Slot]], reason: str, progress: Progress) -> list[dict[str, Any]]:
+        """Replace each group of slots in turn: a replacement for each slot of a group starts; once all are ready,
+        they are swapped in and the old workers drain.
+
+        The next group's replacements start as soon as the group before is swapped in, while its old workers drain,
+        and are swapped in once that drain has ended and they are ready: the reload takes about one start plus one
+        drain per group instead of both, and the replaced workers share new connections with a new one sooner,
+        while still only one group drains at a time (the reconnecting clients come in one group's wave at a time).
+        This keeps the guarantee: until its swap, a group's slots stay pending and its ready replacements take no
+        steered connection.
+        """
         self._refuse_if_stopping()
-        batch = ReplaceBatch(slots, reason, progress, asyncio.get_running_loop().create_future())
-        for slot in slots:
-            slot.batch = batch
-        self._batches.append(batch)
-        self.wake()
-        try:
-            return await batch.done
-        finally:
+        loop = asyncio.get_running_loop()
+        chain: list[ReplaceBatch] = []
+        for slots in groups:
+            chain.append(ReplaceBatch(slots, reason, progress, loop.create_future(), chain[-1] if chain else None))
             for slot in slots:
-                if slot.batch is batch:
-                    slot.batch = None
+                slot.batch = chain[-1]
+        self._batches += chain
+        self.wake()
+        events: list[dict[str, Any]] = []
+        try:
+            for batch in chain:
+                events += await batch.done
+            return events
+        finally:
+            for batch in chain:
+                if batch in self._batches and not batch.promoted:
+                    # The request went away (cancelled): what it has not swapped in yet does not go on alone.
+                    self._abort(batch, OperationInterruptedError(f"the {reason} was interrupted"))
+                for slot in batch.slots:
+                    if slot.batch is batch:
+                        slot.batch = None
 
     async def restart(self) -> tuple[list[int], list[str]]:
         """Drain every worker now and start new ones as each slot's old worker exits (not zero-downtime)."""

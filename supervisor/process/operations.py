@@ -100,7 +100,7 @@ class Operations:
             if slot not in self.fleet.slots or slot.worker is None or slot.worker.pid != pid or slot.removing:
                 return []
             with self.fleet.rolling([slot]):  # its clients go to the other workers, not to the one about to drain
-                return await self.fleet.replace([slot], reason, lambda event: None)
+                return await self.fleet.replace([[slot]], reason, lambda event: None)
 
     async def reload(self, progress: Progress, batch: int | None = None) -> dict[str, Any]:
         fleet = self.fleet
@@ -109,11 +109,9 @@ class Operations:
             raise ConfigError(f"--batch must be at least 1, got {size}")
         async with self._exclusive("reload", progress):
             started = time.monotonic()
-            replaced: list[dict[str, Any]] = []
             order = reload_order(fleet.slots[: fleet.target])
             with fleet.rolling(order):
-                for group in batches(order, size):
-                    replaced += await fleet.replace(group, "reload", progress)
+                replaced = await fleet.replace(batches(order, size), "reload", progress)
             seconds = round(time.monotonic() - started, 2)
             logger.info("reload finished: %d slots replaced in %.2fs", len(replaced), seconds)
             return {"slots": replaced, "seconds": seconds}

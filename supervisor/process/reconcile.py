@@ -210,21 +210,27 @@ class WorkerTable:
 
     def _advance_batches(self, now: float) -> bool:
         changed = False
-        for batch in list(self._batches):
+        for batch in list(self._batches):  # in request order: a chain's batch is always after the one it follows
             if batch.promoted:
                 if not batch.waiting:
                     self._batches.remove(batch)
                     batch.finish()
                 continue
+            if batch not in self._batches or not batch.may_start():
+                continue  # aborted with the batch it followed; or its turn has not come
             failed = next((slot for slot in batch.slots if failed_to_start(slot.candidate)), None)
             if failed is not None:
                 self._abort(batch, batch.failure(failed))
+                changed = True
                 continue
             for slot in batch.slots:
                 if slot.candidate is None:
                     slot.candidate = self._spawn(slot)
                     batch.progress({"event": "starting", "slot": slot.index, "new_pid": slot.candidate.pid})
-            if all(slot.candidate is not None and slot.candidate.state is WorkerState.READY for slot in batch.slots):
+            ready = all(
+                slot.candidate is not None and slot.candidate.state is WorkerState.READY for slot in batch.slots
+            )
+            if ready and batch.may_swap():
                 self._promote(batch, now)
                 changed = True
         return changed
@@ -244,11 +250,14 @@ class WorkerTable:
             self._drain(old, DRAIN_FOR_REPLACEMENT, batch.reason, batch.on_old_exit(slot.index, new.pid))
 
     def _abort(self, batch: ReplaceBatch, error: Exception) -> None:
-        """End a batch that will not complete: a replacement that failed is killed, one that started is drained."""
+        """End a batch that will not complete: a replacement that failed is killed, one that started is drained.
+        The batches chained after it end with it: a reload stops at its first failure."""
         self._batches.remove(batch)
+        for later in [other for other in self._batches if other.after is batch]:
+            self._abort(later, error)
         sig = DRAIN_FOR_STOP if self.stopping else DRAIN_FOR_REPLACEMENT
         for slot in batch.slots:
-            candidate, slot.candidate = slot.candidate, None
+            candidate, slot.candidate, slot.pending = slot.candidate, None, False  # its old worker goes on serving
             if candidate is None:
                 continue
             if failed_to_start(candidate):
@@ -285,7 +294,8 @@ class WorkerTable:
     def _drain_everything(self, now: float) -> bool:
         changed = False
         for batch in list(self._batches):
-            self._abort(batch, OperationInterruptedError("the instance is stopping"))
+            if batch in self._batches:  # not already ended with the batch it followed
+                self._abort(batch, OperationInterruptedError("the instance is stopping"))
         for slot in self.slots:
             for worker in (slot.candidate, slot.worker):
                 if worker is not None:
