@@ -12,6 +12,7 @@ from ipc.messages import Report
 from supervisor.process.operations import Operations
 from supervisor.process.recycle_policy import Limits
 from supervisor.process.recycler import Recycler
+from supervisor.process.slot_loads import slot_loads
 from supervisor.process.worker_state import WorkerState
 from tests.test_fleet import FakeWorker, Harness
 
@@ -194,5 +195,29 @@ def test_a_replacement_is_sampled_at_once_even_while_its_recycle_still_drains() 
         await h.settle()
         assert (await asyncio.wait_for(task, 1.0)).reason == "max-memory"
         assert rig.recycler.check(h.now) is None  # held, not recycled
+
+    run(scenario())
+
+
+def test_workers_waiting_in_line_take_no_new_clients_while_the_first_is_recycled() -> None:
+    # Two workers past --max-requests: the clients the first one's recycle closes must not reconnect to the second,
+    # which is recycled right after it (they would be closed twice).
+    async def scenario() -> None:
+        rig = Rig(Limits(max_requests=100))
+        h = rig.h
+        await h.started(3)
+        old = h.workers()
+        _report(old[0], 150)
+        _report(old[1], 20)
+        _report(old[2], 120)
+        task = await rig.step()
+        assert [w.slot for w in h.starting()] == [0]
+        assert [slot.pending for slot in h.fleet.slots] == [True, False, True]
+        assert [load.eligible for load in slot_loads(h.fleet, [], stall_after=1.0)] == [False, True, False]
+        await rig.finish_replacements(task)
+        assert not any(slot.pending for slot in h.fleet.slots)  # until the next recycle marks its own line
+        task = await rig.step()
+        assert [w.slot for w in h.starting()] == [2] and h.fleet.slots[2].pending
+        await rig.finish_replacements(task)
 
     run(scenario())

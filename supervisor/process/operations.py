@@ -93,13 +93,15 @@ class Operations:
         finally:
             heartbeat.cancel()
 
-    async def recycle(self, slot: Slot, pid: int, reason: str) -> list[dict[str, Any]]:
+    async def recycle(self, slot: Slot, pid: int, reason: str, waiting: Sequence[Slot] = ()) -> list[dict[str, Any]]:
         """Replace ``slot``'s worker ``pid`` (past a recycling limit) like one slot of a reload; nothing if another
-        worker serves the slot by now."""
+        worker serves the slot by now. ``waiting``: slots whose workers are to be recycled next."""
         async with self._exclusive("recycle", lambda event: None):
             if slot not in self.fleet.slots or slot.worker is None or slot.worker.pid != pid or slot.removing:
                 return []
-            with self.fleet.rolling([slot]):  # its clients go to the other workers, not to the one about to drain
+            # Its clients (and new ones) go to workers that are not about to be recycled, while any serves.
+            pending = [slot, *(other for other in waiting if other in self.fleet.slots and not other.removing)]
+            with self.fleet.rolling(pending):
                 return await self.fleet.replace([[slot]], reason, lambda event: None)
 
     async def reload(self, progress: Progress, batch: int | None = None) -> dict[str, Any]:

@@ -96,8 +96,13 @@ def born_over(first_memory: int, limits: WorkerLimits) -> bool:
 
 def choose(candidates: Iterable[tuple[Sample, WorkerLimits]], held: set[int]) -> Due | None:
     """The worker to recycle now, if any: the one furthest past a limit, skipping the ``held`` pids."""
+    return next(iter(in_line(candidates, held)), None)
+
+
+def in_line(candidates: Iterable[tuple[Sample, WorkerLimits]], held: set[int]) -> list[Due]:
+    """Every worker past a limit, skipping the ``held`` pids, furthest past first: the order they are recycled in."""
     due = (overdue(sample, limits) for sample, limits in candidates if sample.pid not in held)
-    return max((d for d in due if d is not None), key=lambda d: d.overshoot, default=None)
+    return sorted((d for d in due if d is not None), key=lambda d: d.overshoot, reverse=True)
 
 
 def retry_delay(failures: int, base: float = 5.0, cap: float = 300.0) -> float:

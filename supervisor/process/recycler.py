@@ -21,7 +21,7 @@ import psutil
 from ipc.errors import OperationInterruptedError, ReloadInProgressError, WsupError
 from supervisor.process.fleet import Fleet, Phase
 from supervisor.process.operations import Operations
-from supervisor.process.recycle_policy import Due, Limits, Sample, WorkerLimits, born_over, choose, retry_delay
+from supervisor.process.recycle_policy import Due, Limits, Sample, WorkerLimits, born_over, in_line, retry_delay
 from supervisor.process.slots import Slot
 from supervisor.process.worker_state import WorkerState
 
@@ -109,8 +109,11 @@ class Recycler:
     async def _recycle(self, due: Due) -> bool:
         slot = self.fleet.slots[due.slot]
         logger.info("slot %d: recycling worker %d (%s)", due.slot, due.pid, due.reason)
+        # Workers also past a limit are recycled next: their slots take no new connections meanwhile (while another
+        # serves), so the clients this recycle closes do not reconnect to a worker about to be closed too.
+        waiting = [self.fleet.slots[other.slot] for other in self._in_line(self._clock()) if other.slot != due.slot]
         try:
-            await self.operations.recycle(slot, due.pid, due.reason)
+            await self.operations.recycle(slot, due.pid, due.reason, waiting)
         except (ReloadInProgressError, OperationInterruptedError):
             return False  # an operation started meanwhile, or the instance is stopping: look again later
         except WsupError as exc:
@@ -131,12 +134,15 @@ class Recycler:
         fleet = self.fleet
         if fleet.phase is not Phase.RUNNING or self.operations.running is not None:
             return None
+        return next(iter(self._in_line(now)), None)
+
+    def _in_line(self, now: float) -> list[Due]:
         candidates = []
-        for slot in fleet.slots[: fleet.target]:
+        for slot in self.fleet.slots[: self.fleet.target]:
             sample = self._sample(slot, now)
             if sample is not None:
                 candidates.append((sample, self._limits_of(sample.pid)))
-        return choose(candidates, set(self.held))
+        return in_line(candidates, set(self.held))
 
     def observe(self, now: float) -> None:
         """Take each new serving worker's first memory sample (whatever runs), and hold it if it is over the limit
