@@ -419,3 +419,26 @@ def test_a_cancelled_reload_swaps_in_nothing_more() -> None:
         assert h.fleet.slots[second.slot].worker in old and h.starting() == []
 
     run(scenario)
+
+
+def test_steering_hears_of_a_swap_before_the_old_worker_is_told_to_drain() -> None:
+    # A client closed at once by the drain reconnects within a millisecond: the program in force by then must
+    # already leave out the slots this reload replaces next.
+    async def scenario(h: Harness) -> None:
+        await h.started(2)
+        old = h.workers()
+        seen: list[tuple[list[Any], list[int]]] = []  # at each re-plan: each slot's worker, the old workers' signals
+        h.fleet._on_change = lambda: seen.append(
+            ([slot.worker for slot in h.fleet.slots], [len(worker.signals) for worker in old])
+        )
+        reload = asyncio.ensure_future(Operations(h.fleet, default_batch=1).reload(lambda event: None))
+        await h.settle()
+        (candidate,) = h.starting()
+        candidate.on_ready()
+        await h.settle()
+        first = next(signals for workers, signals in seen if candidate in workers)
+        assert first == [0, 0]  # swapped in and re-planned, nobody told to drain yet
+        assert old[candidate.slot].signals == [DRAIN_FOR_REPLACEMENT]
+        reload.cancel()
+
+    run(scenario)

@@ -21,10 +21,8 @@ from supervisor.process.reconcile import (
     Phase,
     SlotSockets,
     WorkerTable,
-    failed_to_start,
-    start_error,
 )
-from supervisor.process.slots import Slot, WorkerHandle
+from supervisor.process.slots import Slot, WorkerHandle, failed_to_start, start_error
 from supervisor.process.worker_state import WorkerState
 
 __all__ = ["Fleet", "FleetTiming", "Launcher", "Phase", "SlotSockets"]

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol
 from ipc.errors import OperationInterruptedError
 from ipc.signals import DRAIN_FOR_REPLACEMENT, DRAIN_FOR_STOP
 from supervisor.process.batches import Removal, ReplaceBatch
-from supervisor.process.slots import Draining, Slot, WorkerHandle
+from supervisor.process.slots import Draining, Slot, WorkerHandle, failed_to_start, start_error
 from supervisor.process.worker_state import WorkerState
 
 logger = logging.getLogger("wsup.supervisor")
@@ -236,18 +236,26 @@ class WorkerTable:
         return changed
 
     def _promote(self, batch: ReplaceBatch, now: float) -> None:
-        """Swap first, then drain: steering moves new connections to the replacements before the old ones close."""
+        """Swap, re-plan steering, then drain: the program that leaves the replaced slots' old workers out (and
+        sends nothing to slots still pending) is in force before any old worker closes a connection. Re-planned
+        only at the end of the pass, a client closed at once would reconnect under the old program, which still
+        weighs the slots this reload replaces next (traced at 5,000 clients: 8-20 per reload, more with a spawn
+        later in the same pass)."""
         batch.promoted = True
+        swapped = []
         for slot in batch.slots:
             old, new = slot.worker, slot.candidate
             assert new is not None
             slot.worker, slot.candidate, slot.pending = new, None, False
             slot.replaced(batch.reason)
+            swapped.append((slot.index, old, new))
+        self._on_change()
+        for index, old, new in swapped:
             if old is None:
-                batch.replaced(slot.index, None, new.pid, {}, 0.0)
+                batch.replaced(index, None, new.pid, {}, 0.0)
                 continue
             batch.waiting += 1
-            self._drain(old, DRAIN_FOR_REPLACEMENT, batch.reason, batch.on_old_exit(slot.index, new.pid))
+            self._drain(old, DRAIN_FOR_REPLACEMENT, batch.reason, batch.on_old_exit(index, new.pid))
 
     def _abort(self, batch: ReplaceBatch, error: Exception) -> None:
         """End a batch that will not complete: a replacement that failed is killed, one that started is drained.
@@ -305,19 +313,3 @@ class WorkerTable:
             if slot.removing:
                 slot.batch.interrupted = True
         return changed
-
-
-def failed_to_start(worker: WorkerHandle | None) -> bool:
-    """A worker that exited, or whose start failed (it will exit), before it was ready."""
-    if worker is None:
-        return False
-    if worker.ready.done():
-        return worker.ready.cancelled() or worker.ready.exception() is not None
-    return worker.exited.done()
-
-
-def start_error(worker: WorkerHandle) -> str | None:
-    ready = worker.ready
-    if ready.done() and not ready.cancelled() and ready.exception() is not None:
-        return str(ready.exception())
-    return None

@@ -135,3 +135,19 @@ class Draining:
     since: float = 0.0
     on_exit: Callable[[Draining, float], None] | None = None  # told once it has exited, with the time
     killed: bool = False
+
+
+def failed_to_start(worker: WorkerHandle | None) -> bool:
+    """A worker that exited, or whose start failed (it will exit), before it was ready."""
+    if worker is None:
+        return False
+    if worker.ready.done():
+        return worker.ready.cancelled() or worker.ready.exception() is not None
+    return worker.exited.done()
+
+
+def start_error(worker: WorkerHandle) -> str | None:
+    ready = worker.ready
+    if ready.done() and not ready.cancelled() and ready.exception() is not None:
+        return str(ready.exception())
+    return None
