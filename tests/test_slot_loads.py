@@ -7,10 +7,11 @@ import asyncio
 import pytest
 
 from ipc.errors import ReloadFailedError
+from ipc.messages import Report
 from supervisor.process.operations import Operations
 from supervisor.process.slot_loads import slot_loads
 from supervisor.steering.load_tracker import LoadTracker
-from tests.test_fleet import Harness, run
+from tests.test_fleet import FakeWorker, Harness, run
 
 
 def test_during_a_reload_only_replaced_workers_take_clients_even_when_they_are_all_silent() -> None:
@@ -54,6 +55,11 @@ def test_when_every_worker_is_silent_the_one_silent_longest_stays_out() -> None:
     run(scenario)
 
 
+def _stopped_accepting(worker: FakeWorker) -> None:
+    """The draining worker's report that says it closed its copy of the listening socket."""
+    worker.on_report(Report(worker.pid, worker.slot, worker.generation, 1, 0, 0, 0, 0, 0, 0.0, True, 0))
+
+
 def _eligible(h: Harness) -> list[bool]:
     return [load.eligible for load in slot_loads(h.fleet, [], stall_after=1.0)]
 
@@ -79,6 +85,11 @@ def test_slots_a_reload_will_replace_take_nothing_once_a_replaced_one_serves() -
         (draining,) = (entry.worker for entry in h.fleet.draining)
         draining.exit()  # type: ignore[attr-defined]
         await h.settle()
+        # Swapped in, but its old worker may still accept on the same socket until it says it stopped: the
+        # clients of the first slot still reconnecting go to the first slot's new worker meanwhile.
+        assert _eligible(h) == [slot == first.slot for slot in range(4)]
+        (old,) = (entry.worker for entry in h.fleet.draining)
+        _stopped_accepting(old)  # type: ignore[arg-type]
         assert _eligible(h) == [slot in (first.slot, second.slot) for slot in range(4)]
         reload.cancel()
 
@@ -145,7 +156,10 @@ def test_a_recycled_slot_takes_nothing_while_another_serves_but_a_lone_worker_ke
         (candidate,) = h.starting()
         candidate.on_ready()
         await h.settle()
-        assert _eligible(h) == [True, True, True] and slot.worker is candidate
+        assert _eligible(h) == [True, False, True] and slot.worker is candidate  # until the old one stops accepting
+        (old,) = (entry.worker for entry in h.fleet.draining)
+        _stopped_accepting(old)  # type: ignore[arg-type]
+        assert _eligible(h) == [True, True, True]
         for entry in list(h.fleet.draining):
             entry.worker.exit()  # type: ignore[attr-defined]
         await h.settle()
