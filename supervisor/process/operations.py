@@ -3,8 +3,10 @@ recycling of one worker past a limit (asked by ``supervisor.process.recycler``);
 
 Each is a sequence of requests to the fleet, which alone starts, swaps and drains workers. A reload replaces slots
 in batches, least-loaded first: the replacement starts on the slot's own socket, and only once it reports READY is
-it swapped in and the old worker drained (1012 to its WebSockets, spread over the drain window). If a replacement
-fails, the reload stops and the old workers keep serving: a broken deploy never takes the service down.
+it swapped in and the old worker drained (1012 to its WebSockets, spread over the drain window); the next batch's
+replacements start meanwhile (``Fleet.replace``). Until its swap, a slot the operation will replace is pending and
+takes no new connections while another serves (``Fleet.rolling``, ``slot_loads``): one disconnect per client. If a
+replacement fails, the reload stops and the old workers keep serving: a broken deploy never takes the service down.
 """
 
 from __future__ import annotations
