@@ -202,26 +202,34 @@ def test_reload_replaces_least_loaded_first_and_drains_only_after_the_swap() -> 
         operations = Operations(h.fleet, default_batch=1)
         reload = asyncio.ensure_future(operations.reload(lambda event: None))
         await h.settle()
-        assert h.fleet.reload_floor == 4
+        assert [slot.pending for slot in h.fleet.slots] == [True, True, True]
         first = h.starting()
         assert [w.slot for w in first] == [1]  # one batch at a time, the least-loaded slot first
         assert old[1].signals == []  # not drained before its replacement is ready
         first[0].on_ready()
         await h.settle()
         assert h.fleet.slots[1].worker is first[0] and old[1].signals == [DRAIN_FOR_REPLACEMENT]
-        assert [w.slot for w in h.starting()] == []  # the next slot waits for the old worker to exit
-        old[1].exit()
-        await h.settle()
+        draining = old[1]
         for index in (2, 0):
+            # The next slot's replacement starts while the previous old worker drains, but is swapped in only once
+            # that one has exited: one drain at a time.
             (candidate,) = h.starting()
             assert candidate.slot == index
             candidate.on_ready()
             await h.settle()
-            old[index].exit()
+            assert h.fleet.slots[index].worker is old[index] and old[index].signals == []
+            assert h.fleet.slots[index].pending
+            draining.exit()
             await h.settle()
+            assert h.fleet.slots[index].worker is candidate and old[index].signals == [DRAIN_FOR_REPLACEMENT]
+            draining = old[index]
+        assert h.starting() == []
+        draining.exit()
+        await h.settle()
         result = await _finish(reload)
         assert [event["slot"] for event in result["slots"]] == [1, 2, 0]
-        assert h.fleet.reload_floor is None and operations.running is None
+        assert not h.fleet.replacing and operations.running is None
+        assert not any(slot.pending for slot in h.fleet.slots)
         assert all(w.generation >= 4 for w in h.workers())
         assert [slot.last_reason for slot in h.fleet.slots] == ["reload"] * 3
 
@@ -361,5 +369,76 @@ def test_restart_starts_each_slot_again_once_its_old_worker_has_exited() -> None
         await h.settle()
         result = await _finish(restart)
         assert sorted(result["pids"]) == sorted(w.pid for w in h.workers())
+
+    run(scenario)
+
+
+def test_a_replacement_that_fails_while_the_previous_slot_drains_stops_the_reload_there() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.started(3)
+        old = h.workers()
+        operations = Operations(h.fleet, default_batch=1)
+        reload = asyncio.ensure_future(operations.reload(lambda event: None))
+        await h.settle()
+        (first,) = h.starting()
+        first.on_ready()
+        await h.settle()
+        (second,) = h.starting()
+        second.on_failed("ImportError: boom")
+        changes = h.changes
+        await h.settle()
+        assert second.killed and h.changes > changes
+        # The slots not replaced keep their old workers and take connections again; nothing else is started.
+        assert [slot.pending for slot in h.fleet.slots] == [False] * 3 and h.starting() == []
+        (draining,) = (entry.worker for entry in h.fleet.draining if entry.worker in old)
+        assert not reload.done()  # the first slot's drain still runs: the reload reports once it has ended
+        draining.exit()
+        await h.settle()
+        with pytest.raises(ReloadFailedError, match="ImportError: boom"):
+            await _finish(reload)
+        assert sum(w in old for w in h.workers()) == 2 and first in h.workers()
+
+    run(scenario)
+
+
+def test_a_cancelled_reload_swaps_in_nothing_more() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.started(2)
+        old = h.workers()
+        reload = asyncio.ensure_future(Operations(h.fleet, default_batch=1).reload(lambda event: None))
+        await h.settle()
+        (first,) = h.starting()
+        first.on_ready()
+        await h.settle()
+        (second,) = h.starting()
+        reload.cancel()
+        await h.settle()
+        assert second.signals == [DRAIN_FOR_REPLACEMENT] and not any(slot.pending for slot in h.fleet.slots)
+        second.exit()
+        await h.settle()
+        assert h.fleet.slots[second.slot].worker in old and h.starting() == []
+
+    run(scenario)
+
+
+def test_steering_hears_of_a_swap_before_the_old_worker_is_told_to_drain() -> None:
+    # A client closed at once by the drain reconnects within a millisecond: the program in force by then must
+    # already leave out the slots this reload replaces next.
+    async def scenario(h: Harness) -> None:
+        await h.started(2)
+        old = h.workers()
+        seen: list[tuple[list[Any], list[int]]] = []  # at each re-plan: each slot's worker, the old workers' signals
+        h.fleet._on_change = lambda: seen.append(
+            ([slot.worker for slot in h.fleet.slots], [len(worker.signals) for worker in old])
+        )
+        reload = asyncio.ensure_future(Operations(h.fleet, default_batch=1).reload(lambda event: None))
+        await h.settle()
+        (candidate,) = h.starting()
+        candidate.on_ready()
+        await h.settle()
+        first = next(signals for workers, signals in seen if candidate in workers)
+        assert first == [0, 0]  # swapped in and re-planned, nobody told to drain yet
+        assert old[candidate.slot].signals == [DRAIN_FOR_REPLACEMENT]
+        reload.cancel()
 
     run(scenario)

@@ -13,6 +13,7 @@ from ipc.messages import Report
 from supervisor.process.operations import Operations
 from supervisor.process.recycle_policy import Limits
 from supervisor.process.recycler import Recycler
+from supervisor.process.slot_loads import slot_loads
 from supervisor.process.worker_state import WorkerState
 from tests.test_fleet import FakeWorker, Harness
 
@@ -254,8 +255,14 @@ def test_up_to_recycle_concurrency_slots_are_recycled_at_once_but_never_every_wo
                 await h.settle()
                 await asyncio.sleep(0.01)  # more looks: the third waits for a free place
             assert len(h.starting()) == 2 and rig.operations.running == "recycle"
-            for worker in h.starting():
-                worker.on_ready()
+            # Overlapping recycles: each marks its slot and the one waiting; none takes new clients meanwhile.
+            assert [slot.pending for slot in h.fleet.slots] == [True, True, True]
+            first, second = h.starting()
+            first.on_ready()
+            await h.settle()
+            swapped = h.fleet.slots[first.slot]
+            assert not swapped.pending and h.fleet.slots[second.slot].pending  # the other recycle still runs
+            second.on_ready()
             await h.settle()
             for worker in list(h.spawned):
                 if worker.state is WorkerState.DRAINING:
@@ -296,3 +303,27 @@ async def _until(h: Harness, condition: Callable[[], bool]) -> None:
     while not condition():
         await h.settle()
         await asyncio.sleep(0.005)
+
+
+def test_workers_waiting_in_line_take_no_new_clients_while_the_first_is_recycled() -> None:
+    # Two workers past --max-requests: the clients the first one's recycle closes must not reconnect to the second,
+    # which is recycled right after it (they would be closed twice).
+    async def scenario() -> None:
+        rig = Rig(Limits(max_requests=100))
+        h = rig.h
+        await h.started(3)
+        old = h.workers()
+        _report(old[0], 150)
+        _report(old[1], 20)
+        _report(old[2], 120)
+        task = await rig.step()
+        assert [w.slot for w in h.starting()] == [0]
+        assert [slot.pending for slot in h.fleet.slots] == [True, False, True]
+        assert [load.eligible for load in slot_loads(h.fleet, [], stall_after=1.0)] == [False, True, False]
+        await rig.finish_replacements(task)
+        assert not any(slot.pending for slot in h.fleet.slots)  # until the next recycle marks its own line
+        task = await rig.step()
+        assert [w.slot for w in h.starting()] == [2] and h.fleet.slots[2].pending
+        await rig.finish_replacements(task)
+
+    run(scenario())

@@ -72,6 +72,46 @@ def test_websocket_clients_are_closed_with_1012_exactly_once(start_wsup: Callabl
     assert all(c.pids[0] in old_pids and c.pids[-1] in new_pids for c in clients)
 
 
+def test_no_client_is_sent_to_a_worker_the_same_reload_will_replace(start_wsup: Callable[..., Instance]) -> None:
+    # Clients closed by the first slot's drain reconnect while slots 2 and 3 still run their old workers, and new
+    # clients arrive meanwhile: every one of them must land on a replaced worker (its greeting names the worker's
+    # pid), or the same reload would close it a second time.
+    wsup = start_wsup("app:asgi", "-i", "3", "--ws-drain-window", "1")
+    old_pids = set(wsup.wait_ready(3) and wsup.worker_pids().values())
+
+    async def scenario() -> tuple[list[ReconnectingClient], list[ReconnectingClient]]:
+        stop = asyncio.Event()
+        clients = [ReconnectingClient(f"{wsup.ws_url}/ws") for _ in range(45)]
+        late = [ReconnectingClient(f"{wsup.ws_url}/ws") for _ in range(15)]
+        tasks = [asyncio.create_task(c.run(stop)) for c in clients]
+        try:
+            await asyncio.to_thread(wait_until, lambda: all(c.pids for c in clients), 30, 0.05, "all connected")
+            reload = asyncio.create_task(asyncio.to_thread(wsup.cli, "reload", "--name", wsup.name))
+            await asyncio.to_thread(
+                wait_until, lambda: any(c.close_codes for c in clients), 60, 0.01, "the first slot to drain"
+            )
+            tasks += [asyncio.create_task(c.run(stop)) for c in late]  # arrive while the first slot drains
+            result = await reload
+            assert result.returncode == 0, result.stderr
+            await asyncio.to_thread(
+                wait_until,
+                lambda: all(len(c.pids) >= 2 for c in clients) and all(c.pids for c in late),
+                30, 0.05, "every client (re)connected",
+            )  # fmt: skip
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+        return clients, late
+
+    clients, late = asyncio.run(scenario())
+    new_pids = set(wsup.worker_pids().values())
+    assert len(new_pids) == 3 and not new_pids & old_pids
+    assert disconnects(clients) == {1: len(clients)}, disconnects(clients)
+    assert all(c.close_codes == [1012] for c in clients)
+    assert all(c.pids[0] in old_pids and set(c.pids[1:]) <= new_pids for c in clients), [c.pids for c in clients]
+    assert all(set(c.pids) <= new_pids and c.close_codes == [] for c in late), [c.pids for c in late]
+
+
 def _deploy(app_dir: Path, source: str) -> None:
     shutil.rmtree(app_dir / "__pycache__", ignore_errors=True)
     (app_dir / "versioned.py").write_text(source)

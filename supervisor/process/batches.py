@@ -50,15 +50,31 @@ class Waiter:
 
 @dataclass(eq=False)
 class ReplaceBatch:
-    """Slots replaced together: a replacement for each starts; once all are ready all are swapped in at once."""
+    """Slots replaced together: a replacement for each starts; once all are ready all are swapped in at once.
+
+    In a chain of batches (a reload's), ``after`` is the batch before: this one's replacements start once that one
+    is swapped in, while its old workers drain, and this one is swapped in once that drain has ended.
+    """
 
     slots: list[Slot]
     reason: str
     progress: Progress
     done: asyncio.Future[list[dict[str, Any]]]
+    after: ReplaceBatch | None = None
     promoted: bool = False
     waiting: int = 0  # old workers still draining
     events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def drained(self) -> bool:
+        """Swapped in, and every old worker it drained has exited."""
+        return self.promoted and not self.waiting
+
+    def may_start(self) -> bool:
+        return self.after is None or self.after.promoted
+
+    def may_swap(self) -> bool:
+        return self.after is None or self.after.drained
 
     def __post_init__(self) -> None:
         _retrieved(self.done)

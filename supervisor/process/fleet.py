@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ipc.errors import OperationInterruptedError, StartupError
@@ -21,10 +21,8 @@ from supervisor.process.reconcile import (
     Phase,
     SlotSockets,
     WorkerTable,
-    failed_to_start,
-    start_error,
 )
-from supervisor.process.slots import Slot, WorkerHandle
+from supervisor.process.slots import Slot, WorkerHandle, failed_to_start, start_error
 from supervisor.process.worker_state import WorkerState
 
 __all__ = ["Fleet", "FleetTiming", "Launcher", "Phase", "SlotSockets"]
@@ -100,20 +98,39 @@ class Fleet(WorkerTable):
         events: list[dict[str, Any]] = await self._wait(lambda: removal.outcome(self._removing()))
         return events
 
-    async def replace(self, slots: list[Slot], reason: str, progress: Progress) -> list[dict[str, Any]]:
-        """Start a replacement for each of ``slots``; once all are ready, swap them in and drain the old workers."""
+    async def replace(self, groups: list[list[Slot]], reason: str, progress: Progress) -> list[dict[str, Any]]:
+        """Replace each group of slots in turn: a replacement for each slot of a group starts; once all are ready,
+        they are swapped in and the old workers drain.
+
+        The next group's replacements start as soon as the group before is swapped in, while its old workers drain,
+        and are swapped in once that drain has ended and they are ready: the reload takes about one start plus one
+        drain per group instead of both, and the replaced workers share new connections with a new one sooner,
+        while still only one group drains at a time (the reconnecting clients come in one group's wave at a time).
+        This keeps the guarantee: until its swap, a group's slots stay pending and its ready replacements take no
+        steered connection.
+        """
         self._refuse_if_stopping()
-        batch = ReplaceBatch(slots, reason, progress, asyncio.get_running_loop().create_future())
-        for slot in slots:
-            slot.batch = batch
-        self._batches.append(batch)
-        self.wake()
-        try:
-            return await batch.done
-        finally:
+        loop = asyncio.get_running_loop()
+        chain: list[ReplaceBatch] = []
+        for slots in groups:
+            chain.append(ReplaceBatch(slots, reason, progress, loop.create_future(), chain[-1] if chain else None))
             for slot in slots:
-                if slot.batch is batch:
-                    slot.batch = None
+                slot.batch = chain[-1]
+        self._batches += chain
+        self.wake()
+        events: list[dict[str, Any]] = []
+        try:
+            for batch in chain:
+                events += await batch.done
+            return events
+        finally:
+            for batch in chain:
+                if batch in self._batches and not batch.promoted:
+                    # The request went away (cancelled): what it has not swapped in yet does not go on alone.
+                    self._abort(batch, OperationInterruptedError(f"the {reason} was interrupted"))
+                for slot in batch.slots:
+                    if slot.batch is batch:
+                        slot.batch = None
 
     async def restart(self) -> tuple[list[int], list[str]]:
         """Drain every worker now and start new ones as each slot's old worker exits (not zero-downtime)."""
@@ -126,14 +143,30 @@ class Fleet(WorkerTable):
         return await self._wait(lambda: self._restarted(floor, failures))  # type: ignore[no-any-return]
 
     @contextlib.contextmanager
-    def rolling(self) -> Iterator[None]:
-        """While a reload or restart runs, only workers it started take new connections, once one is ready: a
-        client that reconnects is never sent to a worker that is about to be replaced (one disconnect per client)."""
-        self.reload_floor = self.generation + 1
+    def rolling(self, slots: Iterable[Slot]) -> Iterator[None]:
+        """While a reload, restart or recycle runs: ``slots`` (all it will replace) are pending until each one's
+        replacement is swapped in (or, for a restart, its old worker drains). Steering gives a pending slot no new
+        connections while a slot that is not pending serves, so a client that reconnects is sent only to a worker
+        this operation has already started, never to one it will replace next: one disconnect per client.
+
+        The fleet writes the plan, so it also owns its end: a failed or interrupted operation leaves nothing
+        pending, and the old workers that keep serving take connections again. Recycles may overlap
+        (``--recycle-concurrency``): a slot stays pending while any running one still has it to replace."""
+        marked = list(slots)
+        self._rolls.append(marked)
+        self.replacing = True
+        for slot in marked:
+            slot.pending = True
+        self._on_change()  # a recycle's slot leaves steering now; a reload's slots once the first swap is done
         try:
             yield
         finally:
-            self.reload_floor = None
+            self._rolls = [roll for roll in self._rolls if roll is not marked]
+            still = {id(slot) for roll in self._rolls for slot in roll}
+            self.replacing = bool(self._rolls)
+            for slot in marked:
+                if id(slot) not in still:
+                    slot.pending = False
             self._on_change()
 
     async def stop(self) -> None:

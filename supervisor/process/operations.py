@@ -4,8 +4,10 @@ recycles of different slots may overlap (the recycler bounds how many: ``--recyc
 
 Each is a sequence of requests to the fleet, which alone starts, swaps and drains workers. A reload replaces slots
 in batches, least-loaded first: the replacement starts on the slot's own socket, and only once it reports READY is
-it swapped in and the old worker drained (1012 to its WebSockets, spread over the drain window). If a replacement
-fails, the reload stops and the old workers keep serving: a broken deploy never takes the service down.
+it swapped in and the old worker drained (1012 to its WebSockets, spread over the drain window); the next batch's
+replacements start meanwhile (``Fleet.replace``). Until its swap, a slot the operation will replace is pending and
+takes no new connections while another serves (``Fleet.rolling``, ``slot_loads``): one disconnect per client. If a
+replacement fails, the reload stops and the old workers keep serving: a broken deploy never takes the service down.
 """
 
 from __future__ import annotations
@@ -107,15 +109,19 @@ class Operations:
         finally:
             heartbeat.cancel()
 
-    async def recycle(self, slot: Slot, pid: int, reason: str) -> list[dict[str, Any]]:
+    async def recycle(self, slot: Slot, pid: int, reason: str, waiting: Sequence[Slot] = ()) -> list[dict[str, Any]]:
         """Replace ``slot``'s worker ``pid`` (past a recycling limit) like one slot of a reload; nothing if another
-        worker serves the slot by now (or the slot is being replaced already)."""
+        worker serves the slot by now (or the slot is being replaced already). ``waiting``: slots whose workers are
+        to be recycled next."""
         async with self._exclusive("recycle", lambda event: None):
             if slot not in self.fleet.slots or slot.worker is None or slot.worker.pid != pid or slot.removing:
                 return []
             if slot.batch is not None or slot.candidate is not None:
                 return []
-            return await self.fleet.replace([slot], reason, lambda event: None)
+            # Its clients (and new ones) go to workers that are not about to be recycled, while any serves.
+            pending = [slot, *(other for other in waiting if other in self.fleet.slots and not other.removing)]
+            with self.fleet.rolling(pending):
+                return await self.fleet.replace([[slot]], reason, lambda event: None)
 
     async def reload(self, progress: Progress, batch: int | None = None) -> dict[str, Any]:
         fleet = self.fleet
@@ -124,10 +130,9 @@ class Operations:
             raise ConfigError(f"--batch must be at least 1, got {size}")
         async with self._exclusive("reload", progress):
             started = time.monotonic()
-            replaced: list[dict[str, Any]] = []
-            with fleet.rolling():
-                for group in batches(reload_order(fleet.slots[: fleet.target]), size):
-                    replaced += await fleet.replace(group, "reload", progress)
+            order = reload_order(fleet.slots[: fleet.target])
+            with fleet.rolling(order):
+                replaced = await fleet.replace(batches(order, size), "reload", progress)
             seconds = round(time.monotonic() - started, 2)
             logger.info("reload finished: %d slots replaced in %.2fs", len(replaced), seconds)
             return {"slots": replaced, "seconds": seconds}
@@ -152,7 +157,7 @@ class Operations:
         fleet = self.fleet
         async with self._exclusive("restart", progress):
             started = time.monotonic()
-            with fleet.rolling():
+            with fleet.rolling(fleet.slots[: fleet.target]):
                 pids, errors = await fleet.restart()
             if errors:
                 raise ReloadFailedError("restart: " + "; ".join(errors) + " (failed slots are retried with backoff)")

@@ -138,9 +138,12 @@ class Recycler:
         slot = self.fleet.slots[due.slot]
         logger.info("slot %d: recycling worker %d (%s: %s)", due.slot, due.pid, due.reason, due.note)
         self._in_flight.add(due.slot)
+        # Workers also due are recycled next: their slots take no new connections meanwhile (while another serves),
+        # so the clients this recycle closes do not reconnect to a worker about to be closed too.
+        waiting = [self.fleet.slots[other.slot] for other in self._in_line(self._clock()) if other.slot != due.slot]
         started = self._clock()
         try:
-            replaced = await self.operations.recycle(slot, due.pid, due.reason)
+            replaced = await self.operations.recycle(slot, due.pid, due.reason, waiting)
         except (ReloadInProgressError, OperationInterruptedError):
             return False  # an operation started meanwhile, or the instance is stopping: look again later
         except WsupError as exc:
@@ -170,8 +173,12 @@ class Recycler:
         operations = self.operations
         if fleet.phase is not Phase.RUNNING or operations.running not in (None, "recycle") or operations.waiting:
             return []
+        return self._in_line(now)
+
+    def _in_line(self, now: float) -> list[Due]:
+        """Every worker due, in order, whatever runs (``due`` says whether it is the time)."""
         candidates = []
-        for slot in fleet.slots[: fleet.target]:
+        for slot in self.fleet.slots[: self.fleet.target]:
             sample = self._sample(slot, now)
             if sample is not None:
                 candidates.append((sample, self._limits_of(sample.pid)))

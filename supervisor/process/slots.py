@@ -90,6 +90,9 @@ class Slot:
     batch: Any = None  # the fleet's ReplaceBatch this slot belongs to while an operation replaces it
     removing: bool = False  # scale-down: drain the worker, then close the socket and drop the slot
     held: bool = False  # restart: no new worker until the old one has exited
+    # The running reload, restart or recycle will replace this slot's worker and has not yet: steering sends it no
+    # new connection while a slot that is not pending serves (a client sent there would be cut twice).
+    pending: bool = False
     restarts: int = 0  # workers started on this slot after the first one
     spawned: int = 0
     failures: int = 0  # consecutive exits that were not preceded by a healthy run
@@ -132,3 +135,19 @@ class Draining:
     since: float = 0.0
     on_exit: Callable[[Draining, float], None] | None = None  # told once it has exited, with the time
     killed: bool = False
+
+
+def failed_to_start(worker: WorkerHandle | None) -> bool:
+    """A worker that exited, or whose start failed (it will exit), before it was ready."""
+    if worker is None:
+        return False
+    if worker.ready.done():
+        return worker.ready.cancelled() or worker.ready.exception() is not None
+    return worker.exited.done()
+
+
+def start_error(worker: WorkerHandle) -> str | None:
+    ready = worker.ready
+    if ready.done() and not ready.cancelled() and ready.exception() is not None:
+        return str(ready.exception())
+    return None

@@ -44,6 +44,7 @@ def _worker_row(worker: WorkerHandle, slot: Slot | None, weight: int | None, tot
         "weight": weight,
         "weight_share": round(weight / total_weight, 4) if weight is not None and total_weight else None,
         "crash_loop": slot.crash_loop if slot else False,
+        "pending": slot.pending if slot else False,  # a running reload will replace it: no new connections
         "reason": slot.last_reason if slot else None,
         "replacements": dict(slot.replacements) if slot else {},
         "last_error": slot.last_error if slot else worker.error,
@@ -92,6 +93,7 @@ def build_status(
                     "connections": {"http": 0, "websocket": 0},
                     "restarts": slot.restarts,
                     "crash_loop": slot.crash_loop,
+                    "pending": slot.pending,
                     "reason": slot.last_reason,
                     "replacements": dict(slot.replacements),
                     "last_error": slot.last_error,

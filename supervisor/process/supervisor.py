@@ -307,7 +307,7 @@ class Supervisor:
         if not fleet.slots or self.steering.mode != "least-conn" or fleet.stopping:
             return
         returning = None
-        if fleet.reload_floor is not None:
+        if fleet.replacing:
             # Clients of the draining workers will reconnect: fill each replaced worker towards its final share.
             # Their shared counts, like the slots' own: a report lags, and a client that has already come back
             # would count twice, lifting the share of every slot (traced: the last slot ended ~4 short of 100).

@@ -160,6 +160,13 @@ class Worker:
         self.close_code = close_code
         if self.server is not None:
             self.server.should_exit = True
+            # Stop accepting now, not at uvicorn's next tick (0.1 s, more under load), and say so at once: the
+            # supervisor sends the slot's new worker, which shares this socket, no connection until then
+            # (supervisor.process.slot_loads, handover). The drain that follows closes them again: a no-op.
+            for asyncio_server in self.server.servers:
+                asyncio_server.close()
+            self.connections.draining = True
+            self.reporter.send_report(self.counts(), 0.0)
 
     def _on_move(self) -> None:
         """MOVE_WEBSOCKETS: the window (or a cancel) is in the page the supervisor shares with this worker."""
