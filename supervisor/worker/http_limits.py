@@ -10,9 +10,12 @@ long. A timeout is then enforced within one tick (0.5 s) after its value, never 
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import logging
 import resource
+import termios
 import time
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -114,6 +117,12 @@ class ConnectionGuard:
         tick = self.tick
         expired = [protocol for protocol, deadline in self._waiting.items() if deadline <= tick]
         for protocol in expired:
+            if _unread_bytes(protocol.transport):
+                # The client has spoken; this worker has not read it yet (its loop is behind, e.g. in a reconnect
+                # storm). Closing would punish the client for our delay and send it back into the storm (traced:
+                # thousands of reconnecting clients per worker closed this way, all reconnecting again).
+                self._waiting[protocol] = tick + 1
+                continue
             del self._waiting[protocol]
             if getattr(protocol, "header_bytes", 0) > 0:
                 self.closed_headers += 1
@@ -138,6 +147,20 @@ class ConnectionGuard:
             self.closed_headers,
             self.closed_idle,
         )
+
+
+def _unread_bytes(transport: asyncio.Transport) -> bool:
+    """Whether the kernel holds bytes from the peer that the event loop has not read yet (one ioctl, only for a
+    connection whose deadline has come)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    pending = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, pending, True)
+    except (OSError, ValueError):  # closed meanwhile (fileno -1): nothing to wait for
+        return False
+    return pending[0] > 0
 
 
 def _ticks(seconds: float) -> int:
