@@ -33,6 +33,7 @@ import psutil
 from steering_servers import REPO, Server, build_specs
 
 SETTLE_TIMEOUT_S = 300.0
+REPORT_TIMEOUT_S = 120.0
 
 
 class ClientProcess:
@@ -63,7 +64,8 @@ class ClientProcess:
         assert self.popen.stdin is not None
         self.popen.stdin.write(b"report\n")
         self.popen.stdin.flush()
-        return self.next_line(30.0)
+        # Generous: during a reload's reconnect storm a client process is busy with thousands of handshakes.
+        return self.next_line(REPORT_TIMEOUT_S)
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -126,6 +128,7 @@ def run_server(server: Server, args: argparse.Namespace) -> dict[str, Any]:
             "pss_after_mib": round(pss_after / 2**20, 1),
             "kib_per_connection": round((pss_after - pss_before) / args.clients / 1024, 2),
         }
+        print(orjson.dumps(result).decode(), file=sys.stderr, flush=True)  # kept even if the reload fails
         if server.spec.wsup_name is not None and not args.no_reload:
             result["reload"] = reload_at_scale(server, clients, args.clients)
         return result
