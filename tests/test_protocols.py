@@ -1,14 +1,21 @@
-"""The worker's per-server connection state: close codes are counted within bounds a peer cannot push."""
+"""The worker's protocols: close codes are counted within bounds a peer cannot push; a client gone mid-handshake is a
+quiet disconnect."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from typing import Any
 
 import pytest
+from uvicorn.config import Config
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.server import ServerState
 
 from ipc.errors import ProtocolError
 from ipc.messages import Report, decode, encode
-from supervisor.worker.protocols import MAX_CLOSE_CODES, WorkerConnections
+from supervisor.worker.protocols import MAX_CLOSE_CODES, WorkerConnections, WsupWebSocketProtocol
+from tests.wsup_harness import eventually
 
 
 def test_close_codes_are_bounded() -> None:
@@ -32,3 +39,42 @@ def test_report_closes_are_range_checked() -> None:
     assert decode(encode(report({"1000": 3}))) == report({"1000": 3})
     with pytest.raises(ProtocolError, match="'closes' has a bad counter"):
         decode(encode(report({"1000": -1})))
+
+
+def test_an_accept_after_the_transport_started_closing_is_a_disconnect_not_a_runtime_error() -> None:
+    """A client gone mid-handshake (closed by us or by it, its connection_lost not yet run) when the app accepts:
+    uvicorn would drop the accept and fail the app's next send with a RuntimeError and a traceback."""
+
+    async def scenario() -> BaseException | None:
+        gate = asyncio.Event()
+        raised: list[BaseException | None] = []
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            assert (await receive())["type"] == "websocket.connect"
+            await gate.wait()
+            try:
+                await send({"type": "websocket.accept"})
+                await send({"type": "websocket.send", "text": "hello"})
+                raised.append(None)
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+
+        config = Config(app, ws="websockets-sansio", log_level="critical")
+        config.load()
+        ours, peer = socket.socketpair()
+        transport, protocol = await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: WsupWebSocketProtocol(config, ServerState(), {}), ours
+        )
+        peer.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await eventually(lambda: bool(protocol.tasks), "the app started", 10)
+        gate.set()  # the app resumes before the loss is delivered: the closing-but-not-lost window
+        transport.close()
+        await eventually(lambda: bool(raised), "the app finished its sends", 10)
+        peer.close()
+        return raised[0]
+
+    assert isinstance(asyncio.run(scenario()), ClientDisconnected)
