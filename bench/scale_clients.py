@@ -8,7 +8,8 @@ connection, and on 2 cores the clients' CPU is taken from the servers being meas
 
 Protocol on stdin/stdout (one JSON object per line): the process connects ``--count`` clients at ``--rate`` per
 second (0: as fast as it can, ``--parallel`` handshakes in flight) and prints ``{"event": "connected", ...}`` with
-the worker pid of each greeting; with ``--reconnect`` a client closed by the server connects again at once, and
+the worker pid of each greeting; with ``--reconnect`` a client closed by the server connects again after a randomized,
+growing delay, as socket.io-client does by default (1 s ±50%, doubling after each failed attempt up to 5 s), and
 every close is recorded. The line ``report`` on stdin prints ``{"event": "report", ...}``; end of input or SIGTERM
 closes every connection and exits.
 """
@@ -21,6 +22,7 @@ import base64
 import collections
 import contextlib
 import os
+import random
 import signal
 import sys
 import time
@@ -29,6 +31,9 @@ from typing import Any
 import orjson
 
 HANDSHAKE_TIMEOUT_S = 60.0
+# socket.io-client's defaults (reconnectionDelay, reconnectionDelayMax, randomizationFactor): a reconnect storm of
+# real clients is spread this way, and a client retrying at once would measure the client rather than the server.
+RECONNECT_DELAY_S, RECONNECT_DELAY_MAX_S, RECONNECT_JITTER = 1.0, 5.0, 0.5
 MAX_BUFFER = 4096  # the greeting and a close frame are tiny; anything more is a protocol error here
 
 
@@ -95,6 +100,12 @@ class Client(asyncio.Protocol):
             self.done.set_result(None)
 
 
+def reconnect_delay(attempt: int) -> float:
+    """socket.io-client's backoff: the base delay doubled per failed attempt, capped, then ±50% at random."""
+    base = min(RECONNECT_DELAY_S * 2.0**attempt, RECONNECT_DELAY_MAX_S)
+    return base * random.uniform(1 - RECONNECT_JITTER, 1 + RECONNECT_JITTER)
+
+
 class Pool:
     def __init__(self, host: str, port: int, source: str) -> None:
         self.host, self.port, self.source = host, port, source
@@ -127,6 +138,7 @@ class Pool:
     async def hold(self, index: int, reconnect: bool, placed: asyncio.Future[None]) -> None:
         """One client for the life of the process: connect, wait for the greeting, stay until closed. ``placed``
         is set once the first attempt was greeted or failed."""
+        attempt = 0  # failed attempts since the last greeting
         while not self.stopping:
             try:
                 client = await self.open(placed)
@@ -136,20 +148,27 @@ class Pool:
                     placed.set_result(None)
                 if not reconnect:
                     return
-                await asyncio.sleep(0.05)
+                attempt += 1
+                await asyncio.sleep(reconnect_delay(attempt))
                 continue
             self.live.add(client)
             await client.done
             self.live.discard(client)
             if not placed.done():
                 placed.set_result(None)
+            if self.stopping:
+                return
             if client.pid:
                 self.per_pid[client.pid] -= 1
-                if not self.stopping:
-                    self.closes[client.closed_code] += 1
-                    self.disconnects[index] += 1
+                self.closes[client.closed_code] += 1
+                self.disconnects[index] += 1
+                attempt = 0
+            else:
+                self.errors["closed before the greeting"] += 1
+                attempt += 1
             if not reconnect:
                 return
+            await asyncio.sleep(reconnect_delay(attempt))
 
     def report(self) -> dict[str, Any]:
         return {
