@@ -119,8 +119,8 @@ class ConnectionGuard:
         for protocol in expired:
             if _unread_bytes(protocol.transport):
                 # The client has spoken; this worker has not read it yet (its loop is behind, e.g. in a reconnect
-                # storm). Closing would punish the client for our delay and send it back into the storm (traced:
-                # thousands of reconnecting clients per worker closed this way, all reconnecting again).
+                # storm, or reading is paused behind a pipelined request). The timeouts are for silent clients:
+                # closing would punish the client for our delay and send it back into the storm.
                 self._waiting[protocol] = tick + 1
                 continue
             del self._waiting[protocol]
