@@ -117,30 +117,35 @@ class Recycler:
                 if free <= 0:
                     self.observe(self._clock())
                     continue
-                for due in self.due(self._clock())[:free]:
-                    recycling.add(asyncio.create_task(self._recycle_in_line(due)))
+                line = self.due(self._clock())
+                for due in line[:free]:
+                    recycling.add(asyncio.create_task(self._recycle_in_line(due, line)))
         finally:
             for task in recycling:
                 task.cancel()
 
-    async def _recycle_in_line(self, due: Due | None) -> None:
-        while due is not None and await self._recycle(due):  # workers waiting in line: the next goes at once
-            due = self.check(self._clock())
+    async def _recycle_in_line(self, due: Due, line: list[Due]) -> None:
+        while await self._recycle(due, line):  # workers waiting in line: the next goes at once
+            line = self.due(self._clock())
+            if not line:
+                return
+            due = line[0]
 
     async def step(self) -> Due | None:
         """Look once; recycle the first worker due, if any. Returns what was recycled."""
-        due = self.check(self._clock())
-        if due is None or not await self._recycle(due):
+        line = self.due(self._clock())
+        if not line or not await self._recycle(line[0], line):
             return None
-        return due
+        return line[0]
 
-    async def _recycle(self, due: Due) -> bool:
+    async def _recycle(self, due: Due, line: list[Due]) -> bool:
+        """Recycle ``due``; ``line``: every worker due when it was chosen (the others are recycled next)."""
         slot = self.fleet.slots[due.slot]
         logger.info("slot %d: recycling worker %d (%s: %s)", due.slot, due.pid, due.reason, due.note)
         self._in_flight.add(due.slot)
         # Workers also due are recycled next: their slots take no new connections meanwhile (while another serves),
         # so the clients this recycle closes do not reconnect to a worker about to be closed too.
-        waiting = [self.fleet.slots[other.slot] for other in self._in_line(self._clock()) if other.slot != due.slot]
+        waiting = [self.fleet.slots[other.slot] for other in line if other.slot != due.slot]
         started = self._clock()
         try:
             replaced = await self.operations.recycle(slot, due.pid, due.reason, waiting)
@@ -173,10 +178,6 @@ class Recycler:
         operations = self.operations
         if fleet.phase is not Phase.RUNNING or operations.running not in (None, "recycle") or operations.waiting:
             return []
-        return self._in_line(now)
-
-    def _in_line(self, now: float) -> list[Due]:
-        """Every worker due, in order, whatever runs (``due`` says whether it is the time)."""
         candidates = []
         for slot in self.fleet.slots[: self.fleet.target]:
             sample = self._sample(slot, now)
