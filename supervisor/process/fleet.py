@@ -154,7 +154,6 @@ class Fleet(WorkerTable):
         (``--recycle-concurrency``): a slot stays pending while any running one still has it to replace."""
         marked = list(slots)
         self._rolls.append(marked)
-        self.replacing = True
         for slot in marked:
             slot.pending = True
         self._on_change()  # a recycle's slot leaves steering now; a reload's slots once the first swap is done
@@ -163,7 +162,6 @@ class Fleet(WorkerTable):
         finally:
             self._rolls = [roll for roll in self._rolls if roll is not marked]
             still = {id(slot) for roll in self._rolls for slot in roll}
-            self.replacing = bool(self._rolls)
             for slot in marked:
                 if id(slot) not in still:
                     slot.pending = False

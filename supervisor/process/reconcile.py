@@ -66,9 +66,6 @@ class WorkerTable:
         self.target = 0
         self.generation = 0
         self.phase = Phase.STARTING
-        # A reload, restart or recycle runs: the clients of the workers it drains will come back. Which slots it
-        # has still to replace is each slot's ``pending``.
-        self.replacing = False
         self._rolls: list[list[Slot]] = []  # the slots each running operation marked pending (``Fleet.rolling``)
         self._batches: list[ReplaceBatch] = []
         self._by_pid: dict[int, WorkerHandle] = {}
@@ -78,6 +75,12 @@ class WorkerTable:
     @property
     def stopping(self) -> bool:
         return self.phase is Phase.STOPPING
+
+    @property
+    def replacing(self) -> bool:
+        """A reload, restart or recycle runs: the clients of the workers it drains will come back. Which slots it
+        has still to replace is each slot's ``pending``."""
+        return bool(self._rolls)
 
     def _after_pass(self) -> None:
         """Called at the end of every pass, before steering hears of changes (the fleet settles its requests)."""
