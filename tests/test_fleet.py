@@ -145,6 +145,19 @@ class Harness:
     def starting(self) -> list[FakeWorker]:
         return [w for w in self.spawned if w.state is WorkerState.STARTING]
 
+    async def reload_first_ready(self) -> tuple[asyncio.Future[dict[str, Any]], FakeWorker]:
+        """Start a reload one slot at a time and make its first replacement ready (swapped in, old one draining)."""
+        reload = asyncio.ensure_future(Operations(self.fleet, default_batch=1).reload(lambda event: None))
+        await self.settle()
+        (first,) = self.starting()
+        first.on_ready()
+        await self.settle()
+        return reload, first
+
+    def old_workers_exit(self) -> None:
+        for entry in list(self.fleet.draining):
+            entry.worker.exit()  # type: ignore[attr-defined]
+
     async def started(self, count: int) -> None:
         self.sockets.grow(count)
         task = asyncio.ensure_future(self.fleet.start(count))
@@ -405,11 +418,7 @@ def test_a_cancelled_reload_swaps_in_nothing_more() -> None:
     async def scenario(h: Harness) -> None:
         await h.started(2)
         old = h.workers()
-        reload = asyncio.ensure_future(Operations(h.fleet, default_batch=1).reload(lambda event: None))
-        await h.settle()
-        (first,) = h.starting()
-        first.on_ready()
-        await h.settle()
+        reload, first = await h.reload_first_ready()
         (second,) = h.starting()
         reload.cancel()
         await h.settle()
@@ -431,11 +440,7 @@ def test_steering_hears_of_a_swap_before_the_old_worker_is_told_to_drain() -> No
         h.fleet._on_change = lambda: seen.append(
             ([slot.worker for slot in h.fleet.slots], [len(worker.signals) for worker in old])
         )
-        reload = asyncio.ensure_future(Operations(h.fleet, default_batch=1).reload(lambda event: None))
-        await h.settle()
-        (candidate,) = h.starting()
-        candidate.on_ready()
-        await h.settle()
+        reload, candidate = await h.reload_first_ready()
         first = next(signals for workers, signals in seen if candidate in workers)
         assert first == [0, 0]  # swapped in and re-planned, nobody told to drain yet
         assert old[candidate.slot].signals == [DRAIN_FOR_REPLACEMENT]

@@ -17,11 +17,7 @@ from tests.test_fleet import FakeWorker, Harness, run
 def test_during_a_reload_only_replaced_workers_take_clients_even_when_they_are_all_silent() -> None:
     async def scenario(h: Harness) -> None:
         await h.started(3)
-        reload = asyncio.ensure_future(Operations(h.fleet, default_batch=1).reload(lambda event: None))
-        await h.settle()
-        (first,) = h.starting()
-        first.on_ready()
-        await h.settle()  # slot replaced first: its new worker serves, the old one drains
+        reload, first = await h.reload_first_ready()  # slot replaced first: its new worker serves, the old one drains
         loads = slot_loads(h.fleet, [], stall_after=1.0)
         assert [load.eligible for load in loads] == [load.slot == first.slot for load in loads]
         # The reconnect storm keeps the new worker too busy to report: it is silent, but still the only one that
@@ -101,11 +97,7 @@ def test_a_pending_slot_whose_worker_crashed_and_came_back_stays_out_until_the_r
     # clients sent to it would be cut twice.
     async def scenario(h: Harness) -> None:
         await h.started(3)
-        reload = asyncio.ensure_future(Operations(h.fleet, default_batch=1).reload(lambda event: None))
-        await h.settle()
-        (first,) = h.starting()
-        first.on_ready()
-        await h.settle()
+        reload, first = await h.reload_first_ready()
         crashed = next(slot for slot in h.fleet.slots if slot.pending and slot.candidate is None)  # replaced last
         crashed.worker.exit(1)  # type: ignore[union-attr]
         await h.settle()
@@ -125,13 +117,8 @@ def test_a_pending_slot_whose_worker_crashed_and_came_back_stays_out_until_the_r
 def test_a_failed_reload_leaves_nothing_pending_and_the_old_workers_take_clients_again() -> None:
     async def scenario(h: Harness) -> None:
         await h.started(3)
-        reload = asyncio.ensure_future(Operations(h.fleet, default_batch=1).reload(lambda event: None))
-        await h.settle()
-        (first,) = h.starting()
-        first.on_ready()
-        await h.settle()
-        for entry in list(h.fleet.draining):
-            entry.worker.exit()  # type: ignore[attr-defined]
+        reload, first = await h.reload_first_ready()
+        h.old_workers_exit()
         await h.settle()
         (second,) = h.starting()
         second.on_failed("ImportError: boom")
@@ -160,8 +147,7 @@ def test_a_recycled_slot_takes_nothing_while_another_serves_but_a_lone_worker_ke
         (old,) = (entry.worker for entry in h.fleet.draining)
         _stopped_accepting(old)  # type: ignore[arg-type]
         assert _eligible(h) == [True, True, True]
-        for entry in list(h.fleet.draining):
-            entry.worker.exit()  # type: ignore[attr-defined]
+        h.old_workers_exit()
         await h.settle()
         await asyncio.wait_for(recycle, 1.0)
 
