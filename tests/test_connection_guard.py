@@ -33,7 +33,7 @@ def test_the_sweep_closes_a_silent_connection_but_not_one_with_unread_bytes() ->
         silent, _, silent_peer = await _held_connection()
         spoken, _, spoken_peer = await _held_connection()
         for protocol in (silent, spoken):
-            guard.wait(protocol, idle=True)
+            guard.wait_idle(protocol)
         spoken_peer.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # arrived, not read: the loop is "behind"
         for _ in range(3):  # 1 s is 2 ticks; the tick it started in is never counted
             guard.tick += 1
@@ -53,7 +53,7 @@ def test_a_connection_whose_bytes_were_read_late_is_still_closed_if_it_then_stay
     async def scenario() -> None:
         guard = ConnectionGuard(HttpLimits(idle_timeout=1.0))
         held, ours, peer = await _held_connection()
-        guard.wait(held, idle=True)
+        guard.wait_idle(held)
         peer.sendall(b"G")
         for _ in range(3):
             guard.tick += 1

@@ -71,10 +71,16 @@ class ConnectionGuard:
         self.closed_body = 0  # answered before their body arrived, and closed rather than read to the end
         self._logged_at = 0.0
 
-    def wait(self, protocol: _Guarded, *, idle: bool) -> None:
-        ticks = self._idle_ticks if idle else self._header_ticks
-        if ticks:
-            self._waiting[protocol] = self.tick + ticks + 1  # the current tick is partly over: never early
+    # The current tick is partly over: a deadline is one tick later, never early.
+    def wait_idle(self, protocol: _Guarded) -> None:
+        """A new connection: it has --idle-timeout to send its first byte."""
+        if self._idle_ticks:
+            self._waiting[protocol] = self.tick + self._idle_ticks + 1
+
+    def wait_headers(self, protocol: _Guarded) -> None:
+        """A request's first bytes arrived: it has --header-timeout to complete its line and headers."""
+        if self._header_ticks:
+            self._waiting[protocol] = self.tick + self._header_ticks + 1
 
     def done(self, protocol: _Guarded) -> None:
         self._waiting.pop(protocol, None)

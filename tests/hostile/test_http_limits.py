@@ -94,6 +94,40 @@ def test_slowloris_and_silent_connections_are_closed_while_others_are_served(
     assert instance.status()["totals"]["ready"] == 1
 
 
+def test_the_limits_hold_for_the_next_request_on_a_keep_alive_connection(start_wsup: Callable[..., Instance]) -> None:
+    """A client that was served once is held to the same header size and time on its next request."""
+    instance, _ = _start(start_wsup)
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def served_once() -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", instance.port), timeout=30)
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        return sock
+
+    with served_once() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 431 ")
+
+    async def slow_second_request() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        length = next(line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
+        await reader.readexactly(int(length.partition(b":")[2]))
+        writer.write(b"GET / HTTP/1.1\r\n")
+        closed = asyncio.ensure_future(_closed_by_server(reader))
+        while not closed.done():  # a header byte at a time, never complete
+            with contextlib.suppress(OSError):
+                writer.write(b"x")
+            await asyncio.wait([closed], timeout=0.2)
+        writer.close()
+
+    asyncio.run(asyncio.wait_for(slow_second_request(), 60))
+    assert instance.status()["workers"][0]["http_limits"]["header_timeout"] >= 1
+
+
 def test_unread_body_does_not_keep_the_connection(start_wsup: Callable[..., Instance]) -> None:
     instance, _ = _start(start_wsup)
     sent = 0
