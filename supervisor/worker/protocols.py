@@ -184,8 +184,24 @@ class WsupHttpProtocol(HttpToolsProtocol):
         self.timeout_keep_alive_task = self.loop.call_later(grace_s, self.timeout_keep_alive_handler)
 
 
+# The attributes uvicorn's websockets-sansio protocol (the one it picks with websockets installed) sets on each
+# instance. They are 37, past the 30 keys CPython 3.11 shares among a class's instances, so each connection had a
+# private __dict__ of 1,584 bytes. Declared as slots of the subclass, uvicorn's own assignments land in the object
+# itself (8 bytes each): ~1.3 KiB less per WebSocket. A name uvicorn adds later still works, in a __dict__ again
+# (tests/test_protocols.py notices).
+_SANSIO_SLOTS = (
+    "app", "app_state", "asgi_version", "client", "close_sent", "close_timeout", "close_timer", "config", "conn",
+    "connections", "curr_msg_data_type", "default_headers", "disconnected", "frames", "handshake_complete",
+    "handshake_initiated", "initial_response", "last_ping_rtt", "logger", "loop", "pending_ping_payload",
+    "ping_interval", "ping_sent_at", "ping_timeout", "ping_timer", "pong_timer", "queue", "read_paused", "request",
+    "response", "root_path", "scheme", "scope", "server", "tasks", "transport", "writable",
+)  # fmt: skip
+
+
 class WsupWebSocketProtocol(_WebSocketBase):  # type: ignore[misc]
     """The WebSocket protocol uvicorn would pick, counting live and total sessions."""
+
+    __slots__ = ("wsup", *(_SANSIO_SLOTS if _WebSocketBase is WebSocketsSansIOProtocol else ()))
 
     def __init__(
         self,
