@@ -26,6 +26,7 @@ from ipc.counters import ACCEPTED, CLOSED, local_cells
 from ipc.websocket_close import close_websocket
 from supervisor.worker.http_limits import ConnectionGuard, HttpLimits
 from supervisor.worker.idle_memory import ReceiveQueue, WritableFlag
+from supervisor.worker.keepalive import PingWheel, tick_for
 
 if AutoWebSocketsProtocol is None:  # pragma: no cover - uvicorn[standard] always brings websockets
     raise ImportError("wsup needs a WebSocket implementation: install uvicorn[standard]")
@@ -39,7 +40,9 @@ MAX_CLOSE_CODES = 32  # distinct codes counted per worker; more (a peer inventin
 class WorkerConnections:
     """One server's connection counts, drain state and HTTP limits, shared by all of its protocol instances."""
 
-    __slots__ = ("cells", "websocket_live", "websocket_opened", "close_codes", "draining", "on_lost", "limits", "guard")
+    __slots__ = (
+        "cells", "websocket_live", "websocket_opened", "close_codes", "draining", "on_lost", "limits", "guard", "pings",
+    )  # fmt: skip
 
     def __init__(self, cells: memoryview | None = None, limits: HttpLimits | None = None) -> None:
         # Every TCP connection accepted and ended (a WebSocket starts as an HTTP connection and ends as a WebSocket),
@@ -52,6 +55,7 @@ class WorkerConnections:
         self.on_lost: Callable[[], None] | None = None  # set by the drain, to wake it when a connection ends
         self.limits = limits or HttpLimits()
         self.guard = ConnectionGuard(self.limits)
+        self.pings: PingWheel | None = None  # every WebSocket's next keepalive ping, made at the first one
 
     def closed_with(self, code: int) -> None:
         if not MIN_CLOSE_CODE <= code <= MAX_CLOSE_CODE:
@@ -201,7 +205,7 @@ _SANSIO_SLOTS = (
 class WsupWebSocketProtocol(_WebSocketBase):  # type: ignore[misc]
     """The WebSocket protocol uvicorn would pick, counting live and total sessions."""
 
-    __slots__ = ("wsup", *(_SANSIO_SLOTS if _WebSocketBase is WebSocketsSansIOProtocol else ()))
+    __slots__ = ("wsup", "ping_due", *(_SANSIO_SLOTS if _WebSocketBase is WebSocketsSansIOProtocol else ()))
 
     def __init__(
         self,
@@ -212,6 +216,7 @@ class WsupWebSocketProtocol(_WebSocketBase):  # type: ignore[misc]
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.wsup = _connections_of(server_state)
+        self.ping_due = -1  # the tick of its next keepalive ping in the worker's PingWheel, -1: none
         if isinstance(self, WebSocketsSansIOProtocol):
             # The same API with ~4 KiB less per connection (supervisor/worker/idle_memory.py says where it goes).
             self.queue: Any = ReceiveQueue()
@@ -229,6 +234,19 @@ class WsupWebSocketProtocol(_WebSocketBase):  # type: ignore[misc]
         header objects) are not read again, so an idle connection stops holding them."""
         self.request = self.response = None
         super().start_keepalive()
+
+    def schedule_ping(self) -> None:
+        """uvicorn's, with the worker's one wheel instead of a timer per connection (supervisor/worker/keepalive)."""
+        wsup = self.wsup
+        wheel = wsup.pings
+        if wheel is None:
+            wheel = wsup.pings = PingWheel(self.loop, tick_for(self.ping_interval))
+        wheel.add(self, max(0.0, self.ping_interval - self.last_ping_rtt))
+
+    def stop_keepalive(self) -> None:
+        if self.wsup.pings is not None:
+            self.wsup.pings.discard(self)
+        super().stop_keepalive()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.wsup.websocket_live += 1
