@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,8 +18,13 @@ from uvicorn.server import ServerState
 
 from ipc.errors import ProtocolError
 from ipc.messages import Report, decode, encode
-from supervisor.worker.protocols import MAX_CLOSE_CODES, WorkerConnections, WsupWebSocketProtocol
-from tests.wsup_harness import eventually
+from supervisor.worker.protocols import (
+    _SHARED_HEADER_BYTES,
+    MAX_CLOSE_CODES,
+    WorkerConnections,
+    WsupWebSocketProtocol,
+)
+from tests.wsup_harness import Instance, eventually
 
 
 def test_close_codes_are_bounded() -> None:
@@ -122,8 +129,8 @@ def test_the_protocols_keep_their_attributes_where_cpython_shares_or_slots_them(
             sizes.append(sys.getsizeof(vars(protocol)))
             transport.close()
             peer.close()
-        upgrade = (
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        upgrade = (  # header names as the HTTP protocol hands an upgrade over: lowercased
+            b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
         accepted = lambda transport, protocol: bool(getattr(protocol, "handshake_complete", False))  # noqa: E731
@@ -131,6 +138,8 @@ def test_the_protocols_keep_their_attributes_where_cpython_shares_or_slots_them(
             lambda: WsupWebSocketProtocol(config, ServerState(), {}), upgrade, accepted
         )
         left_in_dict = dict(vars(websocket))
+        host = next(name for name, _ in websocket.scope["headers"] if name == b"host")
+        assert host is _SHARED_HEADER_BYTES[b"host"], "each connection's scope holds its own copy of 'host'"
         transport.close()
         peer.close()
         return sizes[0], sizes[1], left_in_dict
@@ -138,3 +147,29 @@ def test_the_protocols_keep_their_attributes_where_cpython_shares_or_slots_them(
     uvicorn_dict, wsup_dict, websocket_dict = asyncio.run(scenario())
     assert wsup_dict <= uvicorn_dict, f"wsup's HTTP protocol dict: {wsup_dict} bytes, uvicorn's: {uvicorn_dict}"
     assert websocket_dict == {}, f"uvicorn attributes not in _SANSIO_SLOTS: {sorted(websocket_dict)}"
+
+
+def test_a_starlette_app_reads_the_headers_and_cookies_a_browser_sends(
+    start_wsup: Callable[..., Instance],
+) -> None:
+    """The header names and values a worker shares between connections' scopes (protocols._SHARED_HEADER_BYTES) are
+    still found by the app, lowercased as ASGI wants, whatever the spelling the client sent."""
+    wsup = start_wsup("tests.apps.headers_app:asgi", "-i", "1")
+    wsup.wait_ready(1)
+    with socket.create_connection(("127.0.0.1", wsup.port), timeout=30) as sock:
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Origin: https://app.example\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n"
+            b"Cookie: theme=dark; session=abc123\r\n\r\n"
+        )
+        received = b""
+        while b"}" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed before the greeting: {received!r}"
+            received += chunk
+    greeting = json.loads(received[received.index(b"{") : received.rindex(b"}") + 1])
+    assert greeting["origin"] == "https://app.example"
+    assert greeting["user_agent"] == "Mozilla/5.0 (X11; Linux x86_64)"
+    assert greeting["session"] == "abc123"
+    assert all(name == name.lower() for name in greeting["names"]), greeting["names"]
