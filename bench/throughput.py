@@ -11,7 +11,8 @@ Usage, from the repository root::
 
 Bench-only requirements (not wsup dependencies): ``wrk`` (Debian/Ubuntu: ``apt-get install -y wrk``) and gunicorn
 with the ``uvicorn-worker`` package (``.venv/bin/pip install gunicorn uvicorn-worker``); uvicorn 0.54 still ships
-``uvicorn.workers.UvicornWorker`` but deprecates it, so it is only the fallback.
+``uvicorn.workers.UvicornWorker`` but deprecates it, so it is only the fallback. ``granian`` (a Rust server, for
+reference: ``.venv/bin/pip install granian``) is measured when ``--servers`` names it.
 
 The machine is small and shared, so rounds interleave the servers (order rotating), every load run records how much
 CPU other processes used meanwhile, and the report separates quiet runs from all runs. ``--servers`` also knows
@@ -56,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         default="wsup,uvicorn,gunicorn",
-        help="comma-separated, in order, from wsup, wsup-hash (wsup with --balance hash), uvicorn, gunicorn",
+        help="comma-separated, in order, from wsup, wsup-hash (wsup with --balance hash), uvicorn, gunicorn, granian",
     )
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "BENCHMARKS.md", help="markdown file")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing it")

@@ -1,5 +1,5 @@
-"""The three servers under test (wsup, uvicorn --workers, gunicorn + uvicorn workers): how each is started, found
-ready, measured (CPU, memory of its master and each worker) and stopped with its whole process tree."""
+"""The servers under test (wsup, uvicorn --workers, gunicorn + uvicorn workers, granian): how each is started,
+found ready, measured (CPU, memory of its master and each worker) and stopped with its whole process tree."""
 
 from __future__ import annotations
 
@@ -74,6 +74,14 @@ def build_specs(workers: int, run_dir: str) -> dict[str, ServerSpec]:
             (py, "-m", "gunicorn", APP, "-k", gunicorn_worker_class(), "-w", str(workers), "-b", "127.0.0.1:{port}")
             # No --access-logfile: gunicorn writes no access log; uvicorn's worker picks uvloop + httptools ("auto").
             + ("--log-level", "warning"),
+            None,
+        ),
+        # Report only (issue 11): a Rust HTTP server running the same ASGI app, to say how far off the Python
+        # servers are. Not installed with wsup: `pip install granian`.
+        "granian": ServerSpec(
+            "granian",
+            (py, "-m", "granian", "--interface", "asgi", "--workers", str(workers), "--host", "127.0.0.1")
+            + ("--port", "{port}", "--loop", "uvloop", "--log-level", "warning", "--no-access-log", APP),
             None,
         ),
     }

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-PACKAGES = ("uvicorn", "gunicorn", "uvicorn-worker", "uvloop", "httptools", "starlette", "pyzmq")
+PACKAGES = ("uvicorn", "gunicorn", "uvicorn-worker", "granian", "uvloop", "httptools", "starlette", "pyzmq")
 
 
 def cpu_model() -> str:
