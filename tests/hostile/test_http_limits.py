@@ -102,7 +102,14 @@ def test_the_limits_hold_for_the_next_request_on_a_keep_alive_connection(start_w
     def served_once() -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", instance.port), timeout=30)
         sock.sendall(request)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += sock.recv(65536)
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = next(line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
+        while len(body) < int(length.partition(b":")[2]):  # the whole answer, so the next read is the next one's
+            body += sock.recv(65536)
         return sock
 
     with served_once() as sock:
