@@ -256,8 +256,8 @@ def render(samples: Sequence[Sample], settings: Settings, ctx: Context) -> str:
         "### Setup",
         f"- {m.date}; {m.nproc} CPUs ({m.cpu}), Linux {m.kernel}; wsup at commit `{ctx.revision}`.",
         f"- Python {v['python']}, uvicorn {v['uvicorn']}, gunicorn {v['gunicorn']}, uvicorn-worker "
-        f"{v['uvicorn-worker']}, uvloop {v['uvloop']}, httptools {v['httptools']}, starlette {v['starlette']}, "
-        f"{ctx.wrk_version}.",
+        f"{v['uvicorn-worker']}, granian {v.get('granian', 'not installed')}, uvloop {v['uvloop']}, httptools "
+        f"{v['httptools']}, starlette {v['starlette']}, {ctx.wrk_version}.",
         f"- Load average (1/5/15 min) before: {'/'.join(map(str, ctx.load_start))}, after: "
         f"{'/'.join(map(str, ctx.load_end))}. {_disturbance(samples, settings)}",
         f"- {_rounds(samples)} rounds; in each, every server is started fresh on a free port, waited for (`/hello` "
