@@ -7,7 +7,6 @@ a deadline and no assertion depends on timing: the machine is small and shared.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import os
 import signal
@@ -24,6 +23,7 @@ import psutil
 import zmq
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.raw_websocket import TEXT, send_frame, upgrade_tail
 from tests.wsup_harness import APPS_DIR, Instance, eventually, wait_until
 
 BUS_APP = ("bus_app:asgi", "--app-dir", str(APPS_DIR))
@@ -226,19 +226,12 @@ def _stalled_websocket(port: int, path: str, command: dict[str, Any]) -> tuple[s
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(10)
     sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + upgrade_tail())
     data = b""
     while b'"hello"' not in data:
         data += sock.recv(4096)
     pid = int(data.split(b'"pid":')[1].split(b"}")[0])
-    payload = orjson.dumps(command)
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    sock.sendall(struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked)
+    send_frame(sock, TEXT, orjson.dumps(command))
     while b'"joined"' not in data:
         data += sock.recv(4096)
     return sock, pid

@@ -5,13 +5,11 @@ client that answers stays, a client that does not is closed with 1011."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-import socket
 import struct
 from collections.abc import Callable
 
 from supervisor.worker.keepalive import PingWheel, tick_for
+from tests.raw_websocket import CLOSE, PING, PONG, handshake, read_frame, send_frame
 from tests.wsup_harness import Instance, wait_until
 
 
@@ -46,13 +44,14 @@ def test_each_connection_is_pinged_once_at_its_time_never_early() -> None:
     async def scenario(loop: asyncio.AbstractEventLoop) -> None:
         wheel = PingWheel(loop, 0.02)
         connections = [_Connection(wheel) for _ in range(3)]
+        witness = _Connection(wheel)  # pinged after the others' second ping would have come, had there been one
         added_at = loop.time()
         delays = (0.15, 0.05, 0.1)
         for connection, delay in zip(connections, delays, strict=True):
             wheel.add(connection, delay)
-        assert len(wheel) == 3
-        await _until(lambda: all(connection.pings for connection in connections))
-        await asyncio.sleep(0.1)  # a second ping would have come by now
+        wheel.add(witness, 0.4)
+        assert len(wheel) == 4
+        await _until(lambda: bool(witness.pings))
         for connection, delay in zip(connections, delays, strict=True):
             assert len(connection.pings) == 1
             assert connection.pings[0] >= added_at + delay - 0.005
@@ -97,61 +96,25 @@ def test_the_tick_is_an_eighth_of_the_interval_at_most_a_quarter_second() -> Non
     assert tick_for(0.4) == 0.05
 
 
-def _handshake(port: int) -> tuple[socket.socket, bytearray]:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    key = base64.b64encode(os.urandom(16))
-    sock.sendall(
-        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n"
-    )
-    buffer = bytearray()
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        assert chunk, "closed before the handshake's answer"
-        buffer += chunk
-    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock, bytearray(rest)
-
-
-def _next_frame(sock: socket.socket, buffer: bytearray) -> tuple[int, bytes]:
-    """The server's next frame (unmasked, short payloads only: pings, closes, the demo's greeting)."""
-    while len(buffer) < 2 or len(buffer) < 2 + (buffer[1] & 0x7F):
-        chunk = sock.recv(65536)
-        assert chunk, "closed without a close frame"
-        buffer += chunk
-    opcode, length = buffer[0] & 0x0F, buffer[1] & 0x7F
-    assert length < 126
-    payload = bytes(buffer[2 : 2 + length])
-    del buffer[: 2 + length]
-    return opcode, payload
-
-
-def _pong(sock: socket.socket, payload: bytes) -> None:
-    mask = os.urandom(4)
-    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-    sock.sendall(bytes([0x8A, 0x80 | len(payload)]) + mask + masked)
-
-
 def test_a_worker_pings_its_websockets_and_closes_the_silent_ones_with_1011(
     start_wsup: Callable[..., Instance],
 ) -> None:
     wsup = start_wsup("app:asgi", "-i", "1", "--ws-ping-interval", "0.3", "--ws-ping-timeout", "1")
     wsup.wait_ready(1)
-    answering, answering_buffer = _handshake(wsup.port)
-    silent, silent_buffer = _handshake(wsup.port)
+    answering, answering_buffer = handshake(wsup.port)
+    silent, silent_buffer = handshake(wsup.port)
     with answering, silent:
         pings = 0
         while pings < 5:  # five intervals, each ping answered: the connection stays
-            opcode, payload = _next_frame(answering, answering_buffer)
-            assert opcode != 0x8, f"an answering client was closed: {payload!r}"
-            if opcode == 0x9:
+            opcode, payload = read_frame(answering, answering_buffer)
+            assert opcode != CLOSE, f"an answering client was closed: {payload!r}"
+            if opcode == PING:
                 pings += 1
-                _pong(answering, payload)
+                send_frame(answering, PONG, payload)
         silent_frames: list[tuple[int, bytes]] = []
-        while not silent_frames or silent_frames[-1][0] != 0x8:
-            silent_frames.append(_next_frame(silent, silent_buffer))
-        assert [opcode for opcode, _ in silent_frames].count(0x9) == 1, silent_frames
+        while not silent_frames or silent_frames[-1][0] != CLOSE:
+            silent_frames.append(read_frame(silent, silent_buffer))
+        assert [opcode for opcode, _ in silent_frames].count(PING) == 1, silent_frames
         assert struct.unpack("!H", silent_frames[-1][1][:2])[0] == 1011
     gone = lambda: wsup.status()["totals"]["connections"]["websocket"] == 0  # noqa: E731
     wait_until(gone, 30, 0.1, "both WebSockets gone from the counts")

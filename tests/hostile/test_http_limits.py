@@ -102,14 +102,15 @@ def test_the_limits_hold_for_the_next_request_on_a_keep_alive_connection(start_w
     def served_once() -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", instance.port), timeout=30)
         sock.sendall(request)
-        response = b""
-        while b"\r\n\r\n" not in response:
-            response += sock.recv(65536)
-        head, _, body = response.partition(b"\r\n\r\n")
+        reader = sock.makefile("rb")  # the whole answer is read, so the next read is the next answer's
+        head = reader.readline()
         assert head.startswith(b"HTTP/1.1 200 "), head
-        length = next(line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
-        while len(body) < int(length.partition(b":")[2]):  # the whole answer, so the next read is the next one's
-            body += sock.recv(65536)
+        while not head.endswith(b"\r\n\r\n"):
+            line = reader.readline()
+            assert line, f"closed inside the answer's head: {head!r}"
+            head += line
+        assert len(reader.read(_content_length(head))) == _content_length(head)
+        reader.close()  # the socket stays open: makefile holds its own reference
         return sock
 
     with served_once() as sock:
@@ -121,8 +122,7 @@ def test_the_limits_hold_for_the_next_request_on_a_keep_alive_connection(start_w
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 ")
-        length = next(line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
-        await reader.readexactly(int(length.partition(b":")[2]))
+        await reader.readexactly(_content_length(head))
         writer.write(b"GET / HTTP/1.1\r\n")
         closed = asyncio.ensure_future(_closed_by_server(reader))
         while not closed.done():  # a header byte at a time, never complete
@@ -133,6 +133,14 @@ def test_the_limits_hold_for_the_next_request_on_a_keep_alive_connection(start_w
 
     asyncio.run(asyncio.wait_for(slow_second_request(), 60))
     assert instance.status()["workers"][0]["http_limits"]["header_timeout"] >= 1
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.lower().split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name == b"content-length":
+            return int(value)
+    raise AssertionError(f"no content-length in {head!r}")
 
 
 def test_unread_body_does_not_keep_the_connection(start_wsup: Callable[..., Instance]) -> None:
