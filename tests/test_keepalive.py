@@ -8,6 +8,8 @@ import asyncio
 import struct
 from collections.abc import Callable
 
+import pytest
+
 from supervisor.worker.keepalive import PingWheel, tick_for
 from tests.raw_websocket import CLOSE, PING, PONG, handshake, read_frame, send_frame
 from tests.wsup_harness import Instance, wait_until
@@ -76,7 +78,7 @@ def test_a_discarded_connection_is_never_pinged_and_a_rescheduled_one_once() -> 
     _run(scenario)
 
 
-def test_a_failing_connection_stops_no_other_and_chained_pings_continue() -> None:
+def test_a_failing_connection_stops_no_other_and_chained_pings_continue(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario(loop: asyncio.AbstractEventLoop) -> None:
         wheel = PingWheel(loop, 0.01)
         broken = _Connection(wheel, fail=True)
@@ -84,11 +86,13 @@ def test_a_failing_connection_stops_no_other_and_chained_pings_continue() -> Non
         wheel.add(broken, 0.02)
         wheel.add(chained, 0.02)
         await _until(lambda: len(chained.pings) >= 4)
-        assert len(broken.pings) == 1 and wheel.failed == 1
-        wheel.close()
+        assert len(broken.pings) == 1 and broken.ping_due == -1
+        wheel.discard(chained)
         assert len(wheel) == 0 and chained.ping_due == -1
 
     _run(scenario)
+    failures = [record for record in caplog.records if record.getMessage() == "WebSocket keepalive ping failed"]
+    assert len(failures) == 1 and failures[0].exc_info is not None
 
 
 def test_the_tick_is_an_eighth_of_the_interval_at_most_a_quarter_second() -> None:

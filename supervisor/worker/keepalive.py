@@ -38,7 +38,6 @@ class PingWheel:
         self._due: dict[int, set[Pinged]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_tick = 0
-        self.failed = 0  # pings that raised (logged once each kind); the others still go out
 
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._due.values())
@@ -66,15 +65,6 @@ class PingWheel:
             if not bucket:
                 del self._due[tick]
 
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for bucket in self._due.values():
-            for protocol in bucket:
-                protocol.ping_due = -1
-        self._due.clear()
-
     def _arm(self, tick: int) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -89,9 +79,7 @@ class PingWheel:
                 protocol.ping_due = -1
                 try:
                     protocol.send_keepalive_ping()  # may add it back (the next ping, with no pong deadline)
-                except Exception:
-                    # One connection's failure must not stop every other connection's pings.
-                    self.failed += 1
+                except Exception:  # one connection's failure must not stop every other connection's pings
                     logger.exception("WebSocket keepalive ping failed")
         if self._due:
             self._arm(min(self._due))
