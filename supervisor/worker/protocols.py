@@ -151,8 +151,7 @@ class WsupHttpProtocol(HttpToolsProtocol):
         wsup.cells[CLOSED] += 1
         wsup.guard.done(self)
         _http_connection_lost(self, exc)
-        if wsup.on_lost is not None:
-            wsup.on_lost()
+        wsup.lost()
 
     def data_received(self, data: bytes) -> None:
         counted = self.header_bytes
