@@ -295,8 +295,16 @@ class Supervisor:
                 worker.on_failed(message.error)
                 self.fleet.wake()
             else:
+                # Most reports only refresh counts, which steering re-reads at its own pace (``due``). One from a
+                # slot left out (silent, say: it may take connections again) or that starts a drain is planned from
+                # at once.
+                previous = worker.last_report
+                urgent = (
+                    previous is None or previous.draining != message.draining or self.steering.leaves_out(worker.slot)
+                )
                 worker.on_report(message)
-                self.steer()
+                if urgent or self.steering.due(time.monotonic()):
+                    self.steer()
 
     # --- steering -----------------------------------------------------------------------------------------
     def steer(self, *, force: bool = False, min_interval: float | None = None) -> None:
