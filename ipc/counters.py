@@ -17,6 +17,7 @@ from __future__ import annotations
 import mmap
 import os
 import tempfile
+import time
 from typing import NamedTuple
 
 ACCEPTED = 0  # TCP connections the worker accepted (a WebSocket starts as an HTTP connection and is counted once)
@@ -25,7 +26,10 @@ CLOSED = 1  # of those, connections that ended (as HTTP, or as the WebSocket the
 # one over which to close its WebSockets, or 0 to cancel the closes not done yet (`wsup resume`).
 MOVE_WINDOW = 2
 MAX_MOVE_WINDOW_MS = 3_600_000
-_CELLS = 3
+# Written by the worker's event loop at every reporter tick: CLOCK_MONOTONIC in µs (shared by every process on the
+# host). The supervisor reads it as the loop's heartbeat, so a silent loop is seen without a message a tick.
+HEARTBEAT = 3
+_CELLS = 4
 _SIZE = mmap.PAGESIZE
 
 
@@ -70,6 +74,13 @@ class ConnectionCounters:
         closed = cells[CLOSED]
         return CounterSnapshot(cells[ACCEPTED], closed)
 
+    def heartbeat(self, now: float) -> float | None:
+        """The supervisor's side: when the worker's event loop last ticked (``time.monotonic()`` seconds), or None
+        before its first tick. Range-checked: a time after ``now`` is not a heartbeat (the page is shared memory)."""
+        raw = int(self.cells[HEARTBEAT])
+        beat = raw / 1e6
+        return beat if raw and beat <= now else None
+
     def request_move(self, window_s: float | None) -> None:
         """The supervisor's side: what the next MOVE_WEBSOCKETS signal means (``None``: cancel)."""
         ms = 0 if window_s is None else 1 + min(MAX_MOVE_WINDOW_MS, max(0, round(window_s * 1000)))
@@ -94,6 +105,11 @@ def move_window(cells: memoryview) -> float | None:
     if raw == 0:
         return None
     return min(MAX_MOVE_WINDOW_MS, raw - 1) / 1000
+
+
+def beat(cells: memoryview) -> None:
+    """The worker's side: record that its event loop is running now (see HEARTBEAT)."""
+    cells[HEARTBEAT] = time.monotonic_ns() // 1000
 
 
 def local_cells() -> memoryview:

@@ -21,7 +21,10 @@ from ipc.messages import MAX_MESSAGE_BYTES, Failed, JSONObject, Message, Ready, 
 logger = logging.getLogger("wsup.stats")
 
 REPORT_TICK_S = 0.05  # how often counts are sampled; a change is reported at the next tick
-HEARTBEAT_S = 0.1  # the longest silence between two reports of a healthy worker
+# The longest silence between two reports of a healthy worker. The event loop's heartbeat is the one each tick writes
+# to the worker's shared page (ipc.counters.HEARTBEAT), read by the supervisor when it needs it: with a message
+# every 0.1 s instead, idle workers woke the supervisor 10 times a second each, ~0.1 ms of its CPU every time.
+HEARTBEAT_S = 1.0
 # Reports queued for the supervisor: over 7 s of 128 workers' heartbeats; a worker counts what it cannot send.
 STATS_HWM = 10_000
 
@@ -49,6 +52,7 @@ class StatsReporter:
         bus_counters: Callable[[], JSONObject] | None = None,
         close_codes: Callable[[], JSONObject] | None = None,
         http_limits: Callable[[], JSONObject] | None = None,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PUSH)
@@ -59,6 +63,7 @@ class StatsReporter:
         self._bus_counters = bus_counters
         self._close_codes = close_codes
         self._http_limits = http_limits
+        self._heartbeat = heartbeat
         self._seq = 0
         self.dropped = 0
 
@@ -75,7 +80,18 @@ class StatsReporter:
     def send_failed(self, error: str) -> None:
         self._send(Failed(pid=self._pid, slot=self._slot, generation=self._generation, error=error))
 
-    def send_report(self, counts: Counts, loop_lag_ms: float) -> None:
+    def _details(self) -> tuple[JSONObject, JSONObject, JSONObject]:
+        """The report's counters besides the connection counts: bus, close codes, HTTP limits."""
+        return (
+            self._bus_counters() if self._bus_counters is not None else {},
+            self._close_codes() if self._close_codes is not None else {},
+            self._http_limits() if self._http_limits is not None else {},
+        )
+
+    def send_report(
+        self, counts: Counts, loop_lag_ms: float, details: tuple[JSONObject, JSONObject, JSONObject] | None = None
+    ) -> None:
+        bus, closes, http_limits = details if details is not None else self._details()
         self._seq += 1
         self._send(
             Report(
@@ -91,25 +107,29 @@ class StatsReporter:
                 loop_lag_ms=round(loop_lag_ms, 2),
                 draining=counts.draining,
                 dropped_reports=self.dropped,
-                bus=self._bus_counters() if self._bus_counters is not None else {},
-                closes=self._close_codes() if self._close_codes is not None else {},
-                http_limits=self._http_limits() if self._http_limits is not None else {},
+                bus=bus,
+                closes=closes,
+                http_limits=http_limits,
             )
         )
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        last: Counts | None = None
+        last: tuple[Counts, tuple[JSONObject, JSONObject, JSONObject]] | None = None
         last_sent = 0.0
         while True:
             due = loop.time() + REPORT_TICK_S
             await asyncio.sleep(REPORT_TICK_S)
             now = loop.time()
             lag_ms = max(0.0, (now - due) * 1000.0)
-            counts = self._snapshot()
-            if counts != last or now - last_sent >= HEARTBEAT_S:
-                self.send_report(counts, lag_ms)
-                last, last_sent = counts, now
+            if self._heartbeat is not None:
+                self._heartbeat()
+            # Any change is reported at this tick, the bus and close counters too: `status` is as fresh as before
+            # the heartbeat moved to the shared page.
+            current = (self._snapshot(), self._details())
+            if current != last or now - last_sent >= HEARTBEAT_S:
+                self.send_report(current[0], lag_ms, current[1])
+                last, last_sent = current, now
 
     def close(self, linger_ms: int = 1000) -> None:
         """Flush what is queued (a Failed notice must reach the supervisor before the process exits)."""
@@ -118,20 +138,33 @@ class StatsReporter:
 
 
 class StatsReceiver:
-    """The supervisor's side: a PULL socket; malformed messages are counted and logged, never raised."""
+    """The supervisor's side: a PULL socket; malformed messages are counted and logged, never raised.
+
+    A plain (not asyncio) socket, read until it is empty at each wake-up. pyzmq's asyncio socket makes a future,
+    re-reads the socket's events and updates its poll state for every message; with reports coming ten times a
+    second from every worker that was most of the supervisor's receive cost (``bench/supervisor_cost.py``).
+    """
 
     def __init__(self, context: zmq.asyncio.Context, endpoint: str) -> None:
-        self._socket = context.socket(zmq.PULL)
+        # Same context (and I/O thread) as the supervisor's other sockets, without the asyncio wrapper.
+        self._socket: zmq.Socket[bytes] = zmq.Context.shadow(context.underlying).socket(zmq.PULL)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, STATS_HWM)
         # A frame larger than any valid report is refused by ZeroMQ before it is read into memory.
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self._socket.bind(endpoint)
+        self._fd = int(self._socket.getsockopt(zmq.FD))
+        self._readable = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.malformed = 0
 
     async def receive(self) -> Ready | Failed | Report:
         while True:
-            payload = await self._socket.recv()
+            try:
+                payload = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                await self._wait_readable()
+                continue
             try:
                 message = decode(payload)
                 if not isinstance(message, Ready | Failed | Report):
@@ -143,5 +176,19 @@ class StatsReceiver:
                 continue
             return message
 
+    async def _wait_readable(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._fd, self._readable.set)
+        self._readable.clear()
+        # ZeroMQ's fd is edge-like: it only says the socket's state changed. A message that came in since the
+        # failed recv above has already spent that signal, so look at the socket itself before sleeping.
+        if int(self._socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            return
+        await self._readable.wait()
+
     def close(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+            self._loop = None
         self._socket.close(linger=0)

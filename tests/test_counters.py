@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
-from ipc.counters import ACCEPTED, CLOSED, ConnectionCounters, local_cells
+from ipc.counters import ACCEPTED, CLOSED, HEARTBEAT, ConnectionCounters, local_cells
 
 CHILD = """
 import sys
@@ -45,3 +46,36 @@ def test_local_cells_count_without_a_supervisor() -> None:
     cells[ACCEPTED] += 2
     cells[CLOSED] += 1
     assert (cells[ACCEPTED], cells[CLOSED]) == (2, 1)
+
+
+HEARTBEAT_CHILD = """
+import sys
+from ipc.counters import ConnectionCounters, beat
+beat(ConnectionCounters.attach(int(sys.argv[1])).cells)
+"""
+
+
+def test_a_childs_heartbeat_is_read_on_the_supervisors_clock() -> None:
+    counters = ConnectionCounters.create()
+    try:
+        assert counters.heartbeat(time.monotonic()) is None  # no tick yet
+        before = time.monotonic()
+        subprocess.run([sys.executable, "-c", HEARTBEAT_CHILD, str(counters.fd)], pass_fds=(counters.fd,), check=True)
+        after = time.monotonic()
+        beat_at = counters.heartbeat(after)
+        # CLOCK_MONOTONIC is the host's: the child's time falls between the parent's two readings.
+        assert beat_at is not None and before <= beat_at <= after
+    finally:
+        counters.close()
+
+
+def test_a_heartbeat_from_the_future_is_not_trusted() -> None:
+    counters = ConnectionCounters.create()
+    try:
+        now = time.monotonic()
+        counters.cells[HEARTBEAT] = int((now + 60) * 1e6)  # anything in the page may be written by the worker
+        assert counters.heartbeat(now) is None
+        counters.cells[HEARTBEAT] = 2**64 - 1
+        assert counters.heartbeat(now) is None
+    finally:
+        counters.close()

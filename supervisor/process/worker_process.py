@@ -206,4 +206,11 @@ class WorkerProcess:
         return list(self.stderr_tail)
 
     def report_age(self) -> float:
-        return time.monotonic() - self.last_seen
+        """Seconds since the worker's event loop last showed life: its heartbeat in the shared page, or a message."""
+        now = time.monotonic()
+        seen = self.last_seen
+        if self.counters is not None:
+            beat = self.counters.heartbeat(now)
+            if beat is not None and beat > seen:
+                seen = beat
+        return now - seen

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from uvicorn.config import LOGGING_CONFIG
 from ipc import broadcast
 from ipc.bus_queue import Policy
 from ipc.bus_worker import WorkerBus
-from ipc.counters import ConnectionCounters, local_cells, move_window
+from ipc.counters import ConnectionCounters, beat, local_cells, move_window
 from ipc.errors import AppLoadError
 from ipc.settings import PASSWORD_ENV, WorkerSpec
 from ipc.signals import (
@@ -137,6 +138,7 @@ class Worker:
             bus_counters=lambda: self.bus.describe() if self.bus is not None else {},
             close_codes=self.connections.describe_closes,
             http_limits=self.connections.guard.describe,
+            heartbeat=functools.partial(beat, self.shared),
         )
 
     def counts(self) -> Counts:
