@@ -17,6 +17,7 @@ from ipc.messages import Report
 from ipc.signals import DRAIN_FOR_REPLACEMENT, DRAIN_FOR_STOP
 from supervisor.process.fleet import Fleet, FleetTiming, Phase
 from supervisor.process.operations import Operations, reload_order
+from supervisor.process.reconcile import REMOVAL_QUEUE_WAIT_S
 from supervisor.process.worker_state import WorkerStartError, WorkerState
 
 T = TypeVar("T")
@@ -101,6 +102,7 @@ class FakeSockets:
     def __init__(self) -> None:
         self.count = 0
         self.calls: list[tuple[str, int]] = []
+        self.waiting: dict[int, int] = {}  # slot -> connections in its accept queue
 
     def grow(self, count: int) -> None:
         self.count = count
@@ -109,6 +111,9 @@ class FakeSockets:
     def shrink(self, count: int) -> None:
         self.count = count
         self.calls.append(("shrink", count))
+
+    def queued(self, slot: int) -> int:
+        return self.waiting.get(slot, 0)
 
 
 class Harness:
@@ -295,6 +300,46 @@ def test_scale_down_during_a_crash_loop_removes_the_highest_slots() -> None:
         assert [e["slot"] for e in events] == [3, 2]
         assert h.sockets.count == 2 and [s.index for s in h.fleet.slots] == [0, 1]
         assert h.spawned[-1].state is not WorkerState.STARTING  # nothing respawned on a removed slot
+
+    run(scenario)
+
+
+def test_scale_down_drains_a_slot_only_once_its_accept_queue_is_empty() -> None:
+    # Steering leaves the slot out when the removal starts; a connection placed on it just before still waits in its
+    # queue. Draining the worker then would leave it there, and closing the socket would reset it.
+    async def scenario(h: Harness) -> None:
+        await h.started(3)
+        removed, waiting = h.workers()[1], h.workers()[2]
+        h.sockets.waiting = {1: 0, 2: 1}
+        shrink = asyncio.ensure_future(h.fleet.shrink(1, lambda event: None))
+        await h.settle()
+        assert removed.signals == [DRAIN_FOR_REPLACEMENT] and waiting.signals == []
+        h.now += REMOVAL_QUEUE_WAIT_S / 2
+        h.sockets.waiting[2] = 0  # its worker took the connection
+        await h.settle()
+        assert waiting.signals == [DRAIN_FOR_REPLACEMENT]
+        removed.exit()
+        waiting.exit()
+        await h.settle()
+        assert [e["slot"] for e in await _finish(shrink)] == [2, 1]
+
+    run(scenario)
+
+
+def test_scale_down_stops_waiting_on_a_queue_that_never_empties() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.started(2)
+        stuck = h.workers()[1]
+        h.sockets.waiting = {1: 3}  # the kernel's hash keeps sending it connections, or its worker stopped accepting
+        shrink = asyncio.ensure_future(h.fleet.shrink(1, lambda event: None))
+        await h.settle()
+        assert stuck.signals == []
+        h.now += REMOVAL_QUEUE_WAIT_S
+        await h.settle()
+        assert stuck.signals == [DRAIN_FOR_REPLACEMENT]
+        stuck.exit()
+        await h.settle()
+        assert [e["slot"] for e in await _finish(shrink)] == [1]
 
     run(scenario)
 

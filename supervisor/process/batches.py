@@ -135,6 +135,7 @@ class Removal:
     drained: dict[int, Draining] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
+    queue_wait_from: float | None = None  # when the fleet first looked at its slots' accept queues
 
     def removed(self, slot: int) -> None:
         entry = self.drained.get(slot)

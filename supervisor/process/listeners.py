@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass, field
 
 from ipc.errors import ConfigError, PortInUseError
+from supervisor.steering.tcp_info import accept_queue
 
 logger = logging.getLogger("wsup.listeners")
 DEFAULT_BACKLOG = 2048
@@ -107,6 +108,12 @@ class ListenerGroup:
     def shrink(self, count: int) -> None:
         while len(self.sockets) > count:
             self.sockets.pop().close()
+
+    def queued(self, slot: int) -> int:
+        try:
+            return accept_queue(self.sockets[slot])[0]
+        except (OSError, IndexError):
+            return 0
 
     def fileno(self, slot: int) -> int:
         return self.sockets[slot].fileno()

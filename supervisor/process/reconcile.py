@@ -33,6 +33,15 @@ class SlotSockets(Protocol):
 
     def shrink(self, count: int) -> None: ...
 
+    def queued(self, slot: int) -> int:
+        """Connections waiting in ``slot``'s accept queue."""
+        ...
+
+
+# How long a scale-down lets a removed slot's worker take what its accept queue holds before draining it. Bounded:
+# under the kernel's hash, or with a worker that stopped accepting, the queue may never empty.
+REMOVAL_QUEUE_WAIT_S = 1.0
+
 
 class FleetTiming(NamedTuple):
     ready_timeout: float
@@ -287,6 +296,12 @@ class WorkerTable:
         for slot in self.slots:
             if slot.removing and slot.worker is not None:
                 removal: Removal = slot.batch
+                # A connection placed on the slot just before steering left it out may still be queued: the worker
+                # takes it before draining, or closing the socket resets it (seen once under `Connection: close`).
+                if removal.queue_wait_from is None:
+                    removal.queue_wait_from = now
+                if self._sockets.queued(slot.index) and now - removal.queue_wait_from < REMOVAL_QUEUE_WAIT_S:
+                    continue
                 entry = self._drain(slot.worker, DRAIN_FOR_REPLACEMENT, "scale")
                 removal.drained[slot.index] = entry
                 slot.worker = None
@@ -294,7 +309,7 @@ class WorkerTable:
         # socket is closed only once no worker holds a copy of it.
         while self.slots and self.slots[-1].removing:
             slot = self.slots[-1]
-            if any(entry.worker.slot == slot.index for entry in self.draining):
+            if slot.worker is not None or any(entry.worker.slot == slot.index for entry in self.draining):
                 break
             self.slots.pop()
             self._before_close()  # the arrival watch must not watch an fd number that may be reused at once
