@@ -46,6 +46,9 @@ SLOW_CHECK_S = 0.05
 # least-loaded slot. Short, because it is the placement's blind spot; it costs a wake-up per arrival, and exact
 # placement only runs while arrivals are rare. Not 0: a connection still in an accept queue would re-fire at once.
 EXACT_INTERVAL_S = 0.003
+# ...and each arrival's plan is made once more this much later: the first can run between a worker's accept() and
+# the count it keeps in shared memory going up.
+EXACT_RECHECK_S = 0.02
 
 
 class Steering:
@@ -110,6 +113,10 @@ class Steering:
         O(workers²) a second (measured with 8 idle workers: 5.6% of a core, mostly here).
         """
         return now - self._last_plan >= self.min_interval
+
+    def placing_exactly(self) -> bool:
+        """Whether the program in force sends each arrival to a least-loaded slot (``Plan.exact``)."""
+        return self.plan is not None and self.plan.exact
 
     def leaves_out(self, slot: int) -> bool:
         """Whether ``slot`` took no new connections at the last plan (not serving, draining, silent)."""
