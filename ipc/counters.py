@@ -27,7 +27,7 @@ CLOSED = 1  # of those, connections that ended (as HTTP, or as the WebSocket the
 MOVE_WINDOW = 2
 MAX_MOVE_WINDOW_MS = 3_600_000
 # Written by the worker's event loop at every reporter tick: CLOCK_MONOTONIC in µs (shared by every process on the
-# host). The supervisor reads it as the loop's heartbeat, so a silent loop is seen without a message a tick.
+# host). The supervisor reads it as the loop's heartbeat, so a silent loop is seen without a message every tick.
 HEARTBEAT = 3
 _CELLS = 4
 _SIZE = mmap.PAGESIZE

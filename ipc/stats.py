@@ -141,8 +141,8 @@ class StatsReceiver:
     """The supervisor's side: a PULL socket; malformed messages are counted and logged, never raised.
 
     A plain (not asyncio) socket, read until it is empty at each wake-up. pyzmq's asyncio socket makes a future,
-    re-reads the socket's events and updates its poll state for every message; with reports coming ten times a
-    second from every worker that was most of the supervisor's receive cost (``bench/supervisor_cost.py``).
+    re-reads the socket's events and updates its poll state for every message: ~20-30 µs of the ~130 µs of CPU a
+    report cost the supervisor (measured with a sender 2 ms apart), most of the rest being the wake-up itself.
     """
 
     def __init__(self, context: zmq.asyncio.Context, endpoint: str) -> None:

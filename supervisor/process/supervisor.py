@@ -337,7 +337,7 @@ class Supervisor:
         if self.steering.mode == "least-conn":
             listeners = self.listeners
             self.arrivals.arm_later(self.steering.next_check(), lambda: listeners.sockets)
-        if self.steering.placing_exactly() and (self._recheck is None or self._recheck.cancelled()):
+        if self.steering.placing_exactly() and self._recheck is None:
             # A plan made at an arrival can miss the connection a worker is accepting at that very instant
             # (accepted, not yet counted): seen after idle spells, 2 of 4 sparse arrivals on one worker. Plan once
             # more when that is surely over; arrivals are rare in this mode, so this costs little.
