@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import uvloop
 
 from ipc.errors import WsupError
 from ipc.settings import WorkerSettings, defaults
@@ -70,8 +69,7 @@ def _run_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
             f" (log: {info['log']})"
         )
         return 0
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(commands.start_foreground(first.options, notify_fd))
+    return asyncio.run(commands.start_foreground(first.options, notify_fd))
 
 
 def _start_apps(instances: list[config_file.Resolved], argv: list[str]) -> int:
