@@ -39,14 +39,13 @@ from supervisor.process.operators import Operators
 from supervisor.process.peer_counts import PeerCounts
 from supervisor.process.recycle_policy import Limits
 from supervisor.process.recycler import Recycler
-from supervisor.process.slot_loads import slot_loads, sticky_roles
 from supervisor.process.slots import WorkerHandle
 from supervisor.process.status import build_status
+from supervisor.process.steering_loop import SteeringLoop
 from supervisor.process.tasks import TaskSupervisor
 from supervisor.process.worker_process import WorkerProcess
 from supervisor.process.worker_state import WorkerState
-from supervisor.steering.arrivals import ArrivalWatch
-from supervisor.steering.controller import EXACT_RECHECK_S, Steering
+from supervisor.steering.controller import Steering
 
 if TYPE_CHECKING:
     from supervisor.process.bridge import Bridge
@@ -63,9 +62,7 @@ class Supervisor:
         self.info: dict[str, Any] = {"name": paths.name, "app": config.app}
         self.tasks = TaskSupervisor()
         self.steering = Steering(config.balance)
-        self.arrivals = ArrivalWatch(lambda: self.steer_and_watch())
         self.unknown_reports = 0
-        self._recheck: asyncio.TimerHandle | None = None
         self._stop_requested = asyncio.Event()
         self._signals: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
         self.signals_dropped = 0
@@ -99,9 +96,11 @@ class Supervisor:
                 self._launch,
                 self.listeners,
                 FleetTiming(config.ready_timeout, config.heartbeat_timeout, config.worker.graceful_timeout),
-                on_change=lambda: self.steer_and_watch(force=True),
-                before_close=self.arrivals.disarm,
+                # The loop is made next, before the fleet's first pass can call either.
+                on_change=lambda: self.steering_loop.plan_and_watch(force=True),
+                before_close=lambda: self.steering_loop.arrivals.disarm(),
             )
+            self.steering_loop = SteeringLoop(self.steering, self.fleet, self.listeners, config.stall_after)
             stack.callback(self._kill_leftovers)
             heard = self._balancer_heard if config.agent_address is not None else None
             self.host_drain = HostDrain(self._serving, config.worker.ws_drain_window, self.tasks.spawn, heard)
@@ -122,7 +121,7 @@ class Supervisor:
             self.control = ControlServer(context, paths.control, self.commands.handle)
             stack.callback(self.control.close)
             stack.push_async_callback(self.tasks.aclose)
-            stack.callback(self.arrivals.disarm)
+            stack.callback(self.steering_loop.close)
             # What operators see (metrics, health, dashboard, systemd): reads only; see supervisor.process.operators.
             self.operators = Operators(
                 config=config,
@@ -291,62 +290,12 @@ class Supervisor:
             if isinstance(message, Ready):
                 worker.on_ready()
                 self.fleet.wake()
-                self.steer(force=True)
+                self.steering_loop.steer(force=True)
             elif isinstance(message, Failed):
                 worker.on_failed(message.error)
                 self.fleet.wake()
             else:
-                # Most reports only refresh counts, which steering re-reads at its own pace (``due``). Planned from at
-                # once: one from a slot left out (silent, say: it may take connections again), one that starts a
-                # drain, and any while arrivals are placed one by one, since the plan made at an arrival can miss
-                # the connection its worker is accepting at that instant (seen after idle spells: 2 of 4 on one).
-                previous = worker.last_report
-                urgent = (
-                    previous is None
-                    or previous.draining != message.draining
-                    or self.steering.leaves_out(worker.slot)
-                    or self.steering.placing_exactly()
-                )
-                worker.on_report(message)
-                if urgent or self.steering.due(time.monotonic()):
-                    self.steer()
-
-    # --- steering -----------------------------------------------------------------------------------------
-    def steer(self, *, force: bool = False, min_interval: float | None = None) -> None:
-        fleet = self.fleet
-        if fleet.slots and self.steering.mode == "ip-hash" and not fleet.stopping:
-            self.steering.update_sticky(self.listeners.sockets, sticky_roles(fleet, self.config.stall_after))
-            return
-        if not fleet.slots or self.steering.mode != "least-conn" or fleet.stopping:
-            return
-        returning = None
-        if fleet.replacing:
-            # Clients of the draining workers will reconnect: fill each replaced worker towards its final share.
-            # Their shared counts, like the slots' own: a report lags, and a client that has already come back
-            # would count twice, lifting the share of every slot (traced: the last slot ended ~4 short of 100).
-            returning = float(sum(entry.worker.live_connections() for entry in fleet.draining))
-        loads = slot_loads(fleet, self.listeners.sockets, self.config.stall_after)
-        self.steering.update(self.listeners.sockets, loads, force=force, returning=returning, min_interval=min_interval)
-
-    def steer_and_watch(self, *, force: bool = False) -> None:
-        """Plan now, and watch for the next arrival from ``next_check`` on (see supervisor.steering.arrivals)."""
-        if self.fleet.stopping:
-            self.arrivals.disarm()
-            return
-        self.steer(force=force, min_interval=0.0)
-        if self.steering.mode == "least-conn":
-            listeners = self.listeners
-            self.arrivals.arm_later(self.steering.next_check(), lambda: listeners.sockets)
-        if self.steering.placing_exactly() and self._recheck is None:
-            # A plan made at an arrival can miss the connection a worker is accepting at that very instant
-            # (accepted, not yet counted): seen after idle spells, 2 of 4 sparse arrivals on one worker. Plan once
-            # more when that is surely over; arrivals are rare in this mode, so this costs little.
-            self._recheck = asyncio.get_running_loop().call_later(EXACT_RECHECK_S, self._plan_again)
-
-    def _plan_again(self) -> None:
-        self._recheck = None
-        if not self.fleet.stopping:
-            self.steer(min_interval=0.0)
+                self.steering_loop.on_report(worker, message)
 
 
 def _limits(config: SupervisorConfig) -> Limits:
