@@ -29,7 +29,7 @@ from supervisor.steering.bpf import (
 )
 from supervisor.steering.bpf_eval import evaluate_program
 from supervisor.steering.controller import Steering
-from supervisor.steering.tcp_info import accept_queue
+from supervisor.steering.tcp_info import accept_queue, queued_in
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="steering is Linux-only")
 
@@ -278,3 +278,18 @@ def test_hash_mode_never_attaches() -> None:
     steering = Steering("hash")
     steering.update([], loads_of([0, 0]))
     assert steering.attaches == 0 and steering.describe()["mode"] == "hash"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO is Linux's")
+def test_queued_in_reads_a_listeners_queue_and_answers_0_where_there_is_none() -> None:
+    listener = socket.create_server(("127.0.0.1", 0), backlog=8)
+    client = socket.create_connection(listener.getsockname())
+    try:
+        assert queued_in([listener], 0) == 1  # connected, not yet accepted
+        assert queued_in([listener], 1) == 0  # a slot whose socket is gone
+        assert queued_in([client], 0) == 0  # not a listener: TCP_INFO means something else there
+        listener.close()
+        assert queued_in([listener], 0) == 0  # closed
+    finally:
+        client.close()
+        listener.close()

@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass, field
 
 from ipc.errors import ConfigError, PortInUseError
-from supervisor.steering.tcp_info import accept_queue
+from supervisor.steering.tcp_info import queued_in
 
 logger = logging.getLogger("wsup.listeners")
 DEFAULT_BACKLOG = 2048
@@ -110,10 +110,7 @@ class ListenerGroup:
             self.sockets.pop().close()
 
     def queued(self, slot: int) -> int:
-        try:
-            return accept_queue(self.sockets[slot])[0]
-        except (OSError, IndexError):
-            return 0
+        return queued_in(self.sockets, slot)
 
     def fileno(self, slot: int) -> int:
         return self.sockets[slot].fileno()

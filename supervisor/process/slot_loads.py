@@ -12,7 +12,7 @@ from supervisor.process.slots import Slot
 from supervisor.process.worker_state import WorkerState
 from supervisor.steering.balancing import SlotLoad
 from supervisor.steering.ip_hash import Role
-from supervisor.steering.tcp_info import accept_queue
+from supervisor.steering.tcp_info import queued_in
 
 
 def slot_loads(fleet: Fleet, listeners: Sequence[socket.socket], stall_after: float) -> list[SlotLoad]:
@@ -39,10 +39,7 @@ def slot_loads(fleet: Fleet, listeners: Sequence[socket.socket], stall_after: fl
     for slot in fleet.slots:
         worker = slot.worker
         report = worker.last_report if worker else None
-        try:
-            queued, _ = accept_queue(listeners[slot.index])
-        except (OSError, IndexError):
-            queued = 0
+        queued = queued_in(listeners, slot.index)
         counted = worker.counters.read() if worker and worker.counters else None
         loads.append(
             SlotLoad(

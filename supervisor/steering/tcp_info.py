@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from collections.abc import Sequence
 
 # struct tcp_info (<linux/tcp.h>) opens with eight u8 fields (state, ca_state, retransmits, probes, backoff,
 # options, the wscale nibbles, a bitfield byte), then u32 rto, ato, snd_mss, rcv_mss, unacked, sacked... For a
@@ -40,3 +41,12 @@ def accept_queue(sock: socket.socket) -> tuple[int, int]:
         raise ValueError(f"the socket is not listening (tcpi_state {state}, expected {TCP_LISTEN})")
     queued, backlog = _QUEUE.unpack_from(info, _QUEUE_OFFSET)
     return queued, backlog
+
+
+def queued_in(sockets: Sequence[socket.socket], index: int) -> int:
+    """Connections waiting in ``sockets[index]``'s accept queue, or 0 when that cannot be read: no such socket (a
+    slot being added or removed), no TCP_INFO (not Linux), or a socket closed or no longer listening."""
+    try:
+        return accept_queue(sockets[index])[0]
+    except (OSError, ValueError, IndexError):
+        return 0
