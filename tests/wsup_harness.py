@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -69,9 +71,50 @@ async def eventually(
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60.0, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*WSUP, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd, stdin=subprocess.DEVNULL
+    """Run one CLI command to its end. Past ``timeout`` the test fails with what the command and its processes
+    were doing (a hang is a bug to diagnose from the CI log, not only a timeout)."""
+    command = [*WSUP, *args]
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,  # so that a hang's whole tree can be killed
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        diagnosis = describe_hang(proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"wsup {' '.join(args)} did not end within {timeout}s\n--- stderr\n{stderr}\n--- stdout\n{stdout}\n"
+            f"{diagnosis}"
+        ) from None
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def describe_hang(pid: int) -> str:
+    """The process tree under ``pid`` with each process's state, and Python stacks where py-spy is installed."""
+    lines = []
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return "--- the process is gone"
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    for proc in procs:
+        try:
+            lines.append(f"--- pid {proc.pid} {proc.status()}: {' '.join(proc.cmdline())[:200]}")
+        except psutil.Error:
+            continue
+        if os.access(spy, os.X_OK):
+            dump = subprocess.run([spy, "dump", "--pid", str(proc.pid)], capture_output=True, text=True, timeout=30)
+            lines.append(dump.stdout + dump.stderr)
+    return "\n".join(lines)
 
 
 class Instance:
