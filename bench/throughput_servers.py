@@ -76,6 +76,13 @@ def build_specs(workers: int, run_dir: str) -> dict[str, ServerSpec]:
             + ("--log-level", "warning"),
             None,
         ),
+        # A diagnostic (issue 11): uvicorn's workers on wsup's accept-queue layout (a socket of their own in a
+        # reuseport group, the kernel's hash choosing), with no wsup code: what that layout alone costs.
+        "uvicorn-reuseport": ServerSpec(
+            "uvicorn-reuseport",
+            (py, "bench/reuseport_uvicorn.py", "--workers", str(workers), "--port", "{port}"),
+            None,
+        ),
         # Report only (issue 11): a Rust HTTP server running the same ASGI app, to say how far off the Python
         # servers are. Not installed with wsup: `pip install granian`.
         "granian": ServerSpec(
