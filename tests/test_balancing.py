@@ -324,6 +324,26 @@ def test_sparse_arrivals_go_to_a_least_loaded_slot_each() -> None:
     assert counts == [2, 2, 2, 2]
 
 
+def test_one_arrival_soon_after_a_routine_plan_is_still_sparse() -> None:
+    # An idle instance plans on each worker's once-a-second report. An arrival 12 ms after such a plan is one
+    # connection after a second of quiet, not 83 a second: it must keep exact placement, or the next arrival
+    # is a weighted draw (seen: 2 of 4 sparse WebSockets on one worker after idle spells).
+    tracker = LoadTracker()
+    step(tracker, 1.0, [shared(slot, 0) for slot in range(4)])
+    step(tracker, 2.0, [shared(slot, 0) for slot in range(4)])  # a heartbeat report, nothing arrived
+    plan = step(tracker, 2.012, [shared(0, 1), shared(1, 0), shared(2, 0), shared(3, 0)])
+    assert plan.exact and plan.arrivals_per_s <= 1.0
+    assert plan.weights[0] == 0
+    # The 20 ms recheck and the next routine plans keep it so.
+    assert step(tracker, 2.032, [shared(0, 1), shared(1, 0), shared(2, 0), shared(3, 0)]).exact
+    # A real stream still counts as one: 5 arrivals in 50 ms, each seen within 10 ms of the last.
+    now, accepted = 3.0, 1
+    for _ in range(5):
+        now, accepted = now + 0.011, accepted + 1
+        plan = step(tracker, now, [shared(0, accepted), shared(1, 0), shared(2, 0), shared(3, 0)])
+    assert plan.arrivals_per_s >= load_tracker.EXACT_MAX_ARRIVALS_PER_S and not plan.exact
+
+
 def test_exact_placement_is_for_sparse_arrivals_without_keep_alive_pools() -> None:
     assert least_loaded_weights([3.0, None, 1.0, 1.0]) == [0, 0, 5000, 5000]
     assert least_loaded_weights([None, None]) == [0, 0]

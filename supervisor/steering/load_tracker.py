@@ -93,6 +93,7 @@ class LoadTracker:
         self._placed: list[collections.deque[tuple[float, int]]] = []
         self._reference: tuple[float, list[int], float] | None = None  # (time, placed per slot, live total) then
         self._arrivals = (0.0, 0.0)  # (connections per second, measured at), fading with RATE_DECAY_S
+        self._arrived_at = 0.0  # when the last measurement that saw an arrival was made
         self._churn = (0.0, 0.0)  # arrivals + departures
         self._growing_at = -math.inf  # when the live total last grew faster than a steady stream explains
         # Per slot: the last accept-queue length seen, and when it last went down (the worker is accepting).
@@ -126,6 +127,7 @@ class LoadTracker:
         live = sum(connections(load) for load in loads if load.eligible)
         if self._reference is None:
             self._reference = (now, placed, live)
+            self._arrived_at = now
             return
         before_at, before, live_before = self._reference
         elapsed = now - before_at
@@ -134,7 +136,12 @@ class LoadTracker:
         arrived = sum(max(0, new - old) for new, old in zip(placed, before, strict=True))
         growth = live - live_before
         departed = max(0.0, arrived - growth)
-        self._arrivals = (max(arrived / elapsed, self._rate(self._arrivals, now)), now)
+        # One arrival is one over the time since the previous one, not over the time since the last plan: a
+        # routine plan 12 ms before a lone arrival after a quiet second made it 83/s and ended exact placement.
+        span = max(elapsed, now - self._arrived_at) if arrived == 1 else elapsed
+        if arrived:
+            self._arrived_at = now
+        self._arrivals = (max(arrived / span, self._rate(self._arrivals, now)), now)
         self._churn = (max((arrived + departed) / elapsed, self._rate(self._churn, now)), now)
         if growth >= max(FAST_MIN_GROWTH, FAST_GROWTH_SHARE * arrived):
             self._growing_at = now
