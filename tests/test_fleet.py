@@ -84,6 +84,9 @@ class FakeWorker:
     def report_age(self) -> float:
         return self.age
 
+    def poll_exit(self) -> None:
+        """The tests set ``exited`` themselves."""
+
     def live_connections(self) -> int:
         return self.live
 

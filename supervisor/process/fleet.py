@@ -26,6 +26,7 @@ from supervisor.process.slots import Slot, WorkerHandle, failed_to_start, start_
 from supervisor.process.worker_state import WorkerState
 
 __all__ = ["Fleet", "FleetTiming", "Launcher", "Phase", "SlotSockets"]
+EXIT_CHECK_S = 1.0
 TICK_S = 0.1  # backoffs, heartbeats and drain deadlines are looked at this often even when nothing happens
 
 
@@ -60,12 +61,20 @@ class Fleet(WorkerTable):
         self._wake.set()
 
     async def run(self) -> None:
+        next_exit_check = 0.0
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), TICK_S)
             except TimeoutError:
                 pass
             self._wake.clear()
+            now = self._clock()
+            if now >= next_exit_check:
+                # Exits are signalled by each worker's pidfd. Were one missed, a stop would wait for that worker
+                # forever (a failed start hung like that, twice, cause not found): look once a second as well.
+                next_exit_check = now + EXIT_CHECK_S
+                for worker in list(self._by_pid.values()):
+                    worker.poll_exit()
             self.reconcile()
 
     def _wait(self, check: Callable[[], Any]) -> asyncio.Future[Any]:

@@ -61,6 +61,9 @@ class WorkerHandle(Protocol):
     def report_age(self) -> float:
         """Seconds since its last message (its event loop's heartbeat)."""
 
+    def poll_exit(self) -> None:
+        """Notice an exit that was not signalled (``exited`` is normally set by the exit watch)."""
+
     def live_connections(self) -> int: ...
 
     @property

@@ -114,13 +114,24 @@ class WorkerProcess:
         self.last_report = report
         self.last_seen = time.monotonic()
 
+    def poll_exit(self) -> None:
+        """Reap the worker if it exited without its pidfd waking the loop (a safety net: it never should)."""
+        if self.exited.done():
+            return
+        returncode = self.popen.poll()
+        if returncode is not None:
+            logger.warning("worker %d exited (code %d) unseen by its pidfd watch: found by the exit check", self.pid,
+                           returncode)  # fmt: skip
+            self._on_exit(returncode)
+
     def _on_exit(self, returncode: int) -> None:
+        if self.exited.done():  # seen by both the pidfd watch and poll_exit
+            return
         self.transition(WorkerState.STOPPED)
         if not self.ready.done():
             tail = " | ".join(self.stderr_tail) or "no output"
             self.ready.set_exception(WorkerStartError(self.error or f"exited with code {returncode}: {tail}"))
-        if not self.exited.done():
-            self.exited.set_result(returncode)
+        self.exited.set_result(returncode)
 
     # --- plumbing -----------------------------------------------------------------------------------------
     def _watch_exit(self, loop: asyncio.AbstractEventLoop) -> None:
