@@ -17,8 +17,9 @@ reference: ``.venv/bin/pip install granian``) is measured when ``--servers`` nam
 The machine is small and shared, so rounds interleave the servers (order rotating), every load run records how much
 CPU other processes used meanwhile, and the report separates quiet runs from all runs. ``--servers`` also knows
 ``wsup-hash`` (wsup with ``--balance hash``), which separates the cost of steering from that of counting and
-reporting, and ``uvicorn-reuseport`` (uvicorn's workers each on a SO_REUSEPORT socket of its own, wsup's
-accept-queue layout with no wsup code: bench/reuseport_uvicorn.py). ``--workers 1`` writes a section of its own.
+reporting; ``wsup-no-shared`` (wsup with ``--no-shared-queue``: every connection in a worker's own queue); and
+``uvicorn-reuseport`` (uvicorn's workers each on a SO_REUSEPORT socket of its own, wsup's accept-queue layout with
+no wsup code: bench/reuseport_uvicorn.py). ``--workers 1`` writes a section of its own.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         default="wsup,uvicorn,gunicorn",
-        help="comma-separated, in order, from wsup, wsup-hash (wsup with --balance hash), uvicorn, "
+        help="comma-separated, in order, from wsup, wsup-hash (wsup with --balance hash), wsup-no-shared "
+        "(wsup with --no-shared-queue), uvicorn, "
         "uvicorn-reuseport (uvicorn on per-worker reuseport sockets), gunicorn, granian",
     )
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "BENCHMARKS.md", help="markdown file")

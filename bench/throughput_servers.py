@@ -62,6 +62,8 @@ def build_specs(workers: int, run_dir: str) -> dict[str, ServerSpec]:
     return {
         "wsup": _wsup("wsup", workers, run_dir),
         "wsup-hash": _wsup("wsup-hash", workers, run_dir, "--balance", "hash"),
+        # wsup steering every connection to a worker's own queue, a stream of short ones too (issue 11).
+        "wsup-no-shared": _wsup("wsup-no-shared", workers, run_dir, "--no-shared-queue"),
         "uvicorn": ServerSpec(
             "uvicorn",
             (py, "-m", "uvicorn", APP, "--workers", str(workers), "--port", "{port}")

@@ -153,6 +153,7 @@ class WorkerSpec:
     bus_out: str
     log_fd: int = -1  # where stderr goes once the worker is ready (see WorkerProcess.spawn)
     counters_fd: int = -1  # the shared page of its connection counters (ipc.counters), -1 for none
+    shared_fd: int = -1  # the listening socket every worker accepts from (supervisor.process.listeners), -1: none
 
     def to_json(self) -> str:
         """The spec for the worker's command line, which anyone on the host can read: the key's password is left

@@ -92,6 +92,8 @@ class SupervisorConfig:
     # gaps of 0.5-0.8 s were measured, so this is the backstop; steering's tracker catches real stalls in ~0.2 s.
     stall_after: float = 1.0
     backlog: int = 2048
+    # least-conn: a stream of short connections goes to one queue every worker accepts from (listeners.py).
+    shared_queue: bool = True
     reload_batch: int = 1
     # Recycling (0: off): a worker past a limit is replaced like a reload's slot, one at a time.
     max_requests: int = 0

@@ -344,6 +344,38 @@ def test_one_arrival_soon_after_a_routine_plan_is_still_sparse() -> None:
     assert plan.arrivals_per_s >= load_tracker.EXACT_MAX_ARRIVALS_PER_S and not plan.exact
 
 
+def test_a_stream_of_short_connections_goes_to_the_shared_queue() -> None:
+    # 2,000 connections a second, as many leaving: any worker may take any of them (the shared queue).
+    def stream(websockets: list[int], eligible: bool = True, returning: float | None = None) -> Plan:
+        tracker = LoadTracker()
+        now, accepted = 1.0, 0
+        for _ in range(6):
+            loads = [
+                SlotLoad(slot, eligible or slot == 0, ws, 10, 0, 0, 0.02, accepted + ws, 10 + ws)
+                for slot, ws in enumerate(websockets)
+            ]
+            tracker.observe(now, loads)
+            plan = tracker.plan(now, loads, returning=returning)
+            now, accepted = now + 0.05, accepted + 50
+        return plan
+
+    plan = stream([0, 0])
+    assert plan.arrivals_per_s >= load_tracker.STREAM_MIN_ARRIVALS_PER_S and not plan.fast and not plan.exact
+    assert plan.shared_share == 1.0
+    assert stream([100, 103]).shared_share == 1.0  # WebSockets even, to within the tolerance
+    assert stream([100, 140]).shared_share == load_tracker.STREAM_CORRECTING_SHARE  # uneven: half steered
+    assert stream([0, 0], eligible=False).shared_share == 0.0  # a slot left out: its worker must get nothing
+    assert stream([0, 0], returning=5.0).shared_share == 0.0  # a reload: every client placed
+    # Sparse arrivals and bursts are placed one by one, never through the shared queue; nor is what follows a burst
+    # of WebSockets (the arrival rate is still fading, but nothing arrives or leaves any more).
+    tracker = LoadTracker()
+    assert step(tracker, 1.0, [shared(slot, 0) for slot in range(2)]).shared_share == 0.0
+    assert step(tracker, 1.02, [shared(slot, 200) for slot in range(2)]).shared_share == 0.0
+    after = step(tracker, 1.15, [shared(slot, 200) for slot in range(2)])
+    assert not after.fast and after.arrivals_per_s >= load_tracker.STREAM_MIN_ARRIVALS_PER_S
+    assert after.shared_share == 0.0
+
+
 def test_exact_placement_is_for_sparse_arrivals_without_keep_alive_pools() -> None:
     assert least_loaded_weights([3.0, None, 1.0, 1.0]) == [0, 0, 5000, 5000]
     assert least_loaded_weights([None, None]) == [0, 0]

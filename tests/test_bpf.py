@@ -7,11 +7,12 @@ import errno
 import socket
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
 from ipc.errors import WsupError
+from supervisor.process.listeners import ListenerGroup, resolve
 from supervisor.steering.balancing import SlotLoad
 from supervisor.steering.bpf import (
     BPF_MAXINSNS,
@@ -29,6 +30,7 @@ from supervisor.steering.bpf import (
 )
 from supervisor.steering.bpf_eval import evaluate_program
 from supervisor.steering.controller import Steering
+from supervisor.steering.load_tracker import LoadTracker, Plan
 from supervisor.steering.tcp_info import accept_queue, queued_in
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="steering is Linux-only")
@@ -293,3 +295,41 @@ def test_queued_in_reads_a_listeners_queue_and_answers_0_where_there_is_none() -
     finally:
         client.close()
         listener.close()
+
+
+class _FixedPlan(LoadTracker):
+    """A tracker whose plan is the test's: what the program makes of a shared share, on a real group."""
+
+    def __init__(self, weights: list[int], shared_share: float) -> None:
+        super().__init__()
+        self.fixed = Plan(weights, [0.0] * len(weights), [], 4.0, 0.0, 0.0, False, False, shared_share)
+
+    def plan(self, now: float, loads: Sequence[SlotLoad], *, returning: float | None = None) -> Plan:
+        return self.fixed
+
+
+@linux_only
+def test_the_shared_queue_is_group_index_0_and_takes_its_share() -> None:
+    group = ListenerGroup.open(resolve("127.0.0.1", 0), 2, shared_queue=True)
+    try:
+        assert group.shared is not None and group.shared_fileno == group.shared.fileno()
+        members = [group.shared, *group.sockets]  # group order: the shared socket listened first
+        for sock in members:
+            sock.setblocking(False)
+        steering = Steering("least-conn", min_interval=0.0)
+        steering.shared_queue = True
+        steering.tracker = _FixedPlan([5000, 5000], 1.0)  # a stream: all of it to the shared queue
+        steering.update(group.sockets, loads_of([0, 0]))
+        assert steering.describe()["shared_queue"] == 1.0 and steering.weights == [0, 0]
+        assert connect_and_count(members, 20) == [20, 0, 0]
+        steering.tracker = _FixedPlan([0, 10000], 0.0)  # placed one by one: slot 1 is group index 2
+        steering.update(group.sockets, loads_of([0, 0]))
+        assert steering.describe()["shared_queue"] == 0.0
+        assert connect_and_count(members, 20) == [0, 0, 20]
+        steering.tracker = _FixedPlan([10000, 0], 0.5)  # half shared, half steered
+        steering.update(group.sockets, loads_of([0, 0]))
+        shared_count, slot0, slot1 = connect_and_count(members, 200)
+        assert slot1 == 0 and 50 < shared_count < 150 and shared_count + slot0 == 200
+    finally:
+        group.close()
+    assert group.shared is None and group.shared_fileno == -1

@@ -66,6 +66,11 @@ def add_start_options(start: argparse.ArgumentParser) -> None:
         f" or hash (default {d['balance']})",
     )
     start.add_argument(
+        "--shared-queue",
+        action=argparse.BooleanOptionalAction,
+        help="least-conn: send a stream of short connections to one queue all workers accept from (default on)",
+    )
+    start.add_argument(
         "--graceful-timeout", type=float, help=f"drain budget per worker (s, default {d['graceful_timeout']:g})"
     )
     start.add_argument(

@@ -119,6 +119,8 @@ def render_status(status: dict[str, Any]) -> str:
     mode = balance.get("mode", "?")
     if balance.get("reason"):
         mode += f" ({balance['reason']})"
+    if balance.get("shared_queue"):  # a stream of short connections: any worker takes them from one queue
+        mode += f", shared queue {balance['shared_queue']:.0%}"
     lines = [
         f"wsup {status['name']}: {status['app']} on {status.get('address', '?')}  "
         f"supervisor pid {status['supervisor']['pid']}, up {_duration(status['supervisor']['uptime_s'])}, "

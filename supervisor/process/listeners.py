@@ -1,8 +1,15 @@
 """The supervisor's listening sockets: one per worker slot, in one SO_REUSEPORT group, open for the instance's life.
 
-A socket's index in the group is the order in which it called ``listen()``; slot i is created i-th, so slot i is
-group index i, which the steering program returns. A replacement worker inherits the same fd, so no queued
-connection is ever reset. Never ``shutdown()`` one of these: that would stop it for every process holding it.
+A socket's index in the group is the order in which it called ``listen()``. With least-conn steering the group
+starts with a *shared* socket that every worker accepts from (one queue, as ``uvicorn --workers`` has), then slot i
+is created i-th: group index i + 1, which the steering program returns. Without it slot i is group index i.
+A replacement worker inherits the same fds, so no queued connection is ever reset. Never ``shutdown()`` one of
+these: that would stop it for every process holding it.
+
+Why a shared queue: a queue per worker is what lets steering place each connection, but a connection in a busy
+worker's queue waits while another worker idles. For a stream of short connections that cost plain uvicorn 22% of
+its requests/s (bench/reuseport_uvicorn.py, ``Connection: close``); steering sends such streams to the shared
+queue (``supervisor.steering.load_tracker``, ``Plan.shared_share``).
 """
 
 from __future__ import annotations
@@ -84,13 +91,18 @@ class ListenerGroup:
     address: Address
     backlog: int = DEFAULT_BACKLOG
     sockets: list[socket.socket] = field(default_factory=list)
+    shared: socket.socket | None = None  # group index 0, held by every worker; None: no shared queue
 
     @classmethod
-    def open(cls, address: Address, count: int, backlog: int = DEFAULT_BACKLOG) -> ListenerGroup:
+    def open(
+        cls, address: Address, count: int, backlog: int = DEFAULT_BACKLOG, *, shared_queue: bool = False
+    ) -> ListenerGroup:
         if address.port != 0:
             _check_free(address)
         group = cls(address, backlog)
         try:
+            if shared_queue:
+                group.shared = group._listen()
             group.grow(count)
         except BaseException:
             group.close()
@@ -99,11 +111,19 @@ class ListenerGroup:
 
     def grow(self, count: int) -> None:
         while len(self.sockets) < count:
-            sock = _new_listener(self.address, self.backlog)
-            if self.address.port == 0:
-                # Port 0: the first socket picks the port; every other slot joins that one.
-                self.address = Address(self.address.family, self.address.host, sock.getsockname()[1])
-            self.sockets.append(sock)
+            self.sockets.append(self._listen())
+
+    def _listen(self) -> socket.socket:
+        sock = _new_listener(self.address, self.backlog)
+        if self.address.port == 0:
+            # Port 0: the first socket picks the port; every other one joins that one.
+            self.address = Address(self.address.family, self.address.host, sock.getsockname()[1])
+        return sock
+
+    @property
+    def shared_fileno(self) -> int:
+        """The shared socket's fd, for the workers; -1 without one."""
+        return self.shared.fileno() if self.shared is not None else -1
 
     def shrink(self, count: int) -> None:
         while len(self.sockets) > count:
@@ -119,3 +139,6 @@ class ListenerGroup:
         for sock in self.sockets:
             sock.close()
         self.sockets.clear()
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None

@@ -82,7 +82,9 @@ class Supervisor:
             stack.callback(lock.release)
             context = zmq.asyncio.Context()
             stack.callback(context.destroy, 0)
-            self.listeners = ListenerGroup.open(resolve(config.host, config.port), config.workers, config.backlog)
+            shared = self.steering.shared_queue = config.shared_queue and self.steering.mode == "least-conn"
+            where = resolve(config.host, config.port)
+            self.listeners = ListenerGroup.open(where, config.workers, config.backlog, shared_queue=shared)
             stack.callback(self.listeners.close)
             address = self.listeners.address
             url = address.url.replace("http://", "https://", 1) if config.worker.uses_tls else address.url
@@ -161,6 +163,7 @@ class Supervisor:
         spec = WorkerSpec(
             settings=self.config.worker,
             fd=self.listeners.fileno(slot),
+            shared_fd=self.listeners.shared_fileno,
             slot=slot,
             generation=generation,
             supervisor_pid=os.getpid(),

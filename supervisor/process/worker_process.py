@@ -70,7 +70,7 @@ class WorkerProcess:
         try:
             popen = subprocess.Popen(
                 python_module("supervisor.worker", spec.to_json()),
-                pass_fds=(spec.fd, log_fd, counters.fd),
+                pass_fds=(spec.fd, log_fd, counters.fd) + ((spec.shared_fd,) if spec.shared_fd >= 0 else ()),
                 stdin=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 env=env,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from supervisor.steering.balancing import SlotLoad
+from supervisor.steering.balancing import TOTAL_WEIGHT, SlotLoad
 from supervisor.steering.bpf import (
     Instruction,
     SteeringUnavailableError,
@@ -60,6 +60,10 @@ class Steering:
         self.reason: str | None = None if self.mode == requested else "not Linux: the kernel's hash is used"
         self.min_interval = min_interval
         self.weights: list[int] = []
+        # Whether the group starts with the shared socket (supervisor.process.listeners): then the program returns
+        # slot i + 1 for slot i, and 0 for the shared queue, whose weight is ``shared_weight``.
+        self.shared_queue = False
+        self.shared_weight = 0
         self.loads: list[SlotLoad] = []
         self.plan: Plan | None = None
         self.tracker = LoadTracker()
@@ -101,10 +105,22 @@ class Steering:
         plan = self.tracker.plan(now, loads, returning=returning)
         self._log_stalls(plan.stalled)
         self.loads, self.plan, self._out = list(loads), plan, out
-        if plan.weights == self.weights and not force:
+        weights, shared = self._split(plan)
+        if weights == self.weights and shared == self.shared_weight and not force:
             return
-        if self._attach(listeners, build_weighted_program(plan.weights)):
-            self.weights = plan.weights
+        program = build_weighted_program([shared, *weights] if self.shared_queue else weights)
+        if self._attach(listeners, program):
+            self.weights, self.shared_weight = weights, shared
+
+    def _split(self, plan: Plan) -> tuple[list[int], int]:
+        """The slots' weights and the shared queue's, from the plan's weights and its shared share."""
+        share = plan.shared_share if self.shared_queue else 0.0
+        if share <= 0.0:
+            return plan.weights, 0
+        total = sum(plan.weights) or TOTAL_WEIGHT
+        if share >= 1.0:
+            return [0] * len(plan.weights), total
+        return [round(weight * (1.0 - share)) for weight in plan.weights], round(total * share)
 
     def due(self, now: float) -> bool:
         """Whether ``min_interval`` has passed since the last plan: a routine worker report is planned from then on.
@@ -164,7 +180,7 @@ class Steering:
 
     def fall_back(self, listeners: Sequence[socket.socket], reason: str) -> None:
         logger.warning("connection steering is off, using the kernel's hash: %s", reason)
-        self.mode, self.reason, self.weights = "hash", reason, []
+        self.mode, self.reason, self.weights, self.shared_weight = "hash", reason, [], 0
         if listeners:
             try:
                 detach_program(listeners[0])
@@ -174,6 +190,7 @@ class Steering:
     def describe(self) -> dict[str, Any]:
         plan = self.plan
         weights = list(self.weights)
+        total = sum(weights) + self.shared_weight
         sticky: dict[str, Any] = {}
         if self.mode == "ip-hash":
             # The weights are the buckets (of ip_hash.BUCKETS) each slot's client addresses hash to: its share of
@@ -186,6 +203,8 @@ class Steering:
             "requested": self.requested,
             "reason": self.reason,
             "weights": weights,
+            # Of new connections, the share sent to the queue every worker accepts from (a stream of short ones).
+            "shared_queue": None if not self.shared_queue else round(self.shared_weight / (total or 1), 3),
             "updates": self.attaches,
             "mean_attach_us": round(self.attach_seconds / self.attaches * 1e6, 1) if self.attaches else None,
             # Why the weights are what they are: slots left out because their worker went silent (before the

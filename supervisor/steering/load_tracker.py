@@ -67,6 +67,18 @@ EXACT_MAX_ARRIVALS_PER_S = 50.0
 # ...and only while keep-alive HTTP connections are few: a pool (wrk, a proxy's upstream pool) closes and reconnects
 # within a millisecond, before any re-plan, so with everything pointed at one slot the whole pool would land there.
 EXACT_MAX_HTTP_PER_SLOT = 2.0
+# A stream of short connections goes to the group's shared queue (supervisor.process.listeners), which every worker
+# accepts from, so none waits in a busy worker's queue while another idles: from this many arrivals a second, with
+# no burst, reload or stall going on. Below it queues stay short and placing each connection costs nothing. Rates
+# of the last measurement, not the fading ones: a burst of WebSockets that just ended is no stream.
+STREAM_MIN_ARRIVALS_PER_S = 500.0
+# ...and short means that they leave about as fast as they come: at least this share of the arrivals.
+STREAM_MIN_DEPARTURE_SHARE = 0.5
+# ...all of it while the workers' WebSocket counts are within this of each other (the larger of the two); beyond,
+# half of it, the other half steered, so that WebSockets arriving in the stream are evened out again.
+STREAM_WS_SPREAD = 4
+STREAM_WS_SPREAD_SHARE = 0.05
+STREAM_CORRECTING_SHARE = 0.5
 # Rates are measured over at least this long, and fade this fast once arrivals stop.
 RATE_WINDOW_S = 0.01
 RATE_DECAY_S = 0.3
@@ -82,6 +94,7 @@ class Plan:
     churn_per_s: float  # arrivals + departures
     fast: bool  # connections are piling up: update again within steering.FAST_INTERVAL_S
     exact: bool = False  # arrivals are sparse: everything to the least-loaded slots, re-planned at each arrival
+    shared_share: float = 0.0  # of new connections, the share for the shared queue (a stream of short ones)
 
 
 class LoadTracker:
@@ -95,6 +108,7 @@ class LoadTracker:
         self._arrivals = (0.0, 0.0)  # (connections per second, measured at), fading with RATE_DECAY_S
         self._arrived_at = 0.0  # when the last measurement that saw an arrival was made
         self._churn = (0.0, 0.0)  # arrivals + departures
+        self._now_rates = (0.0, 0.0)  # (arrivals, departures) per second over the last measurement alone
         self._growing_at = -math.inf  # when the live total last grew faster than a steady stream explains
         # Per slot: the last accept-queue length seen, and when it last went down (the worker is accepting).
         self._queue: list[tuple[int, float]] = []
@@ -143,6 +157,7 @@ class LoadTracker:
             self._arrived_at = now
         self._arrivals = (max(arrived / span, self._rate(self._arrivals, now)), now)
         self._churn = (max((arrived + departed) / elapsed, self._rate(self._churn, now)), now)
+        self._now_rates = (arrived / elapsed, departed / elapsed)
         if growth >= max(FAST_MIN_GROWTH, FAST_GROWTH_SHARE * arrived):
             self._growing_at = now
         self._reference = (now, placed, live)
@@ -234,7 +249,15 @@ class LoadTracker:
         weights = weights_for(
             estimates, lookahead=lookahead, floor_fraction=self.floor_fraction, min_fair_share=min_fair_share
         )
-        return Plan(weights, estimates, stalled, lookahead, arrivals, self._rate(self._churn, now), fast)
+        share = 0.0
+        if not fast and returning is None and not stalled and self._streaming():
+            share = stream_share(ordered)
+        return Plan(weights, estimates, stalled, lookahead, arrivals, self._rate(self._churn, now), fast, False, share)
+
+    def _streaming(self) -> bool:
+        """Short connections are coming and going fast, now (see STREAM_MIN_ARRIVALS_PER_S)."""
+        arriving, leaving = self._now_rates
+        return arriving >= STREAM_MIN_ARRIVALS_PER_S and leaving >= STREAM_MIN_DEPARTURE_SHARE * arriving
 
     def _taken(self, slot: int) -> int:
         """Connections placed on ``slot`` in the last BUSY_WINDOW_S."""
@@ -245,3 +268,16 @@ class LoadTracker:
     def _rate(rate: tuple[float, float], now: float) -> float:
         value, measured_at = rate
         return value * math.exp(-max(0.0, now - measured_at) / RATE_DECAY_S)
+
+
+def stream_share(loads: Sequence[SlotLoad]) -> float:
+    """The shared queue's share of a stream of short connections: any worker may take any of them, so only while
+    every slot may (none starting, draining, pending replacement or left out), and less while the workers'
+    WebSocket counts are uneven."""
+    if not loads or not all(load.eligible for load in loads):
+        return 0.0
+    websockets = [load.websocket for load in loads]
+    spread = max(websockets) - min(websockets)
+    if spread <= max(STREAM_WS_SPREAD, STREAM_WS_SPREAD_SHARE * sum(websockets) / len(websockets)):
+        return 1.0
+    return STREAM_CORRECTING_SHARE

@@ -215,7 +215,9 @@ class Worker:
         server.lifespan = config.lifespan_class(config)
         errors = LastErrorHandler()
         logging.getLogger("uvicorn.error").addHandler(errors)
-        listener = socket.socket(fileno=spec.fd)
+        listeners = [socket.socket(fileno=spec.fd)]
+        if spec.shared_fd >= 0:  # the queue every worker accepts from (supervisor.process.listeners)
+            listeners.append(socket.socket(fileno=spec.shared_fd))
         # The bus is up before the app's lifespan starts, so startup code and every handler can publish.
         bus = self.bus = WorkerBus(
             spec.bus_in,
@@ -228,7 +230,7 @@ class Worker:
         await bus.start()
         broadcast.install(bus)
         try:
-            await server.startup(sockets=[listener])
+            await server.startup(sockets=listeners)
         except SystemExit:
             raise AppLoadError(f"lifespan startup failed: {errors.last or 'see the worker log'}") from None
         finally:
