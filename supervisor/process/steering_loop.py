@@ -41,7 +41,11 @@ class SteeringLoop:
             or self.steering.placing_exactly()
         )
         worker.on_report(report)
-        if urgent or self.steering.due(time.monotonic()):
+        if urgent:
+            # Not held back by the interval: in exact mode this report may be the only sign of an arrival (the
+            # arrival watch misses a connection its worker accepted before the supervisor's epoll looked).
+            self.steer(min_interval=0.0)
+        elif self.steering.due(time.monotonic()):
             self.steer()
 
     def steer(self, *, force: bool = False, min_interval: float | None = None) -> None:
