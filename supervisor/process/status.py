@@ -78,7 +78,7 @@ def build_status(
 ) -> dict[str, Any]:
     slots = fleet.slots
     weights: list[int] = list(balance.get("weights") or [])
-    total_weight = sum(weights)
+    total_weight = sum(weights) + int(balance.get("shared_weight") or 0)  # a slot's share counts the shared queue's
     rows = []
     for slot in slots:
         if slot.worker is not None:

@@ -205,6 +205,7 @@ class Steering:
             "weights": weights,
             # Of new connections, the share sent to the queue every worker accepts from (a stream of short ones).
             "shared_queue": None if not self.shared_queue else round(self.shared_weight / (total or 1), 3),
+            "shared_weight": self.shared_weight,
             "updates": self.attaches,
             "mean_attach_us": round(self.attach_seconds / self.attaches * 1e6, 1) if self.attaches else None,
             # Why the weights are what they are: slots left out because their worker went silent (before the
