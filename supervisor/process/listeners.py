@@ -7,9 +7,9 @@ A replacement worker inherits the same fds, so no queued connection is ever rese
 these: that would stop it for every process holding it.
 
 Why a shared queue: a queue per worker is what lets steering place each connection, but a connection in a busy
-worker's queue waits while another worker idles. For a stream of short connections that cost plain uvicorn 22% of
-its requests/s (bench/reuseport_uvicorn.py, ``Connection: close``); steering sends such streams to the shared
-queue (``supervisor.steering.load_tracker``, ``Plan.shared_share``).
+worker's queue waits while another worker idles. For a stream of short connections that cost plain uvicorn 11-19%
+of its requests/s in two runs of three (bench/reuseport_uvicorn.py, ``Connection: close``, 2 workers); steering
+sends such streams to the shared queue (``supervisor.steering.load_tracker``, ``Plan.shared_share``).
 """
 
 from __future__ import annotations
