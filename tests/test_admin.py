@@ -59,6 +59,8 @@ def test_metrics_match_status_and_survive_a_reload(start_wsup: Callable[..., Ins
             status = wsup.status()
             per_slot = by_slot(metrics["wsup_connections"], kind="websocket")
             assert per_slot == {str(w["slot"]): w["connections"]["websocket"] for w in status["workers"]}
+            # No stream of short connections: the queue every worker takes from gets nothing.
+            assert metrics["wsup_steering_shared_queue_weight"] == {(): status["balance"]["shared_weight"]} == {(): 0}
         finally:
             await close_all(clients)
 

@@ -47,6 +47,7 @@ class MetricsFacts:
     replacements: dict[int, Counter[str]] = field(default_factory=dict)  # slot -> reason -> count
     operations: Counter[tuple[str, str]] = field(default_factory=Counter)  # (operation, outcome) -> count
     supervisor_published: int = 0
+    shared_weight: int | None = None  # the shared accept queue's steering weight; None: no shared queue
 
 
 def render(facts: Callable[[], MetricsFacts]) -> tuple[bytes, str]:
@@ -96,6 +97,12 @@ class _Collector:
             if facts.weight is not None:
                 weight.add_metric([label], facts.weight)
         yield from (connections, rss, lag, weight)
+        if f.shared_weight is not None:
+            shared = gauge(
+                "wsup_steering_shared_queue_weight", "Steering weight of the queue every worker takes from", []
+            )
+            shared.add_metric([], f.shared_weight)
+            yield shared
         yield from self._slot_counters(f, counter)
         reloads = counter("wsup_reloads", "Reloads by outcome", ["result"])
         for result in ("ok", "failed", "interrupted"):

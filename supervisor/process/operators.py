@@ -166,6 +166,8 @@ class Operators:
         facts = MetricsFacts(totals=self.totals.totals(), replacements=self.totals.replacements())
         facts.operations = Counter(self.outcomes)
         facts.supervisor_published = self.published()
+        if self.steering.mode == "least-conn" and self.steering.shared_queue:
+            facts.shared_weight = self.steering.shared_weight
         for slot in fleet.slots:
             facts.slots[slot.index] = SlotFacts(weight=weights[slot.index] if slot.index < len(weights) else None)
         for worker in fleet.workers():
