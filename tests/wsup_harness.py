@@ -112,7 +112,11 @@ def describe_hang(pid: int) -> str:
         except psutil.Error:
             continue
         if os.access(spy, os.X_OK):
-            dump = subprocess.run([spy, "dump", "--pid", str(proc.pid)], capture_output=True, text=True, timeout=30)
+            try:
+                dump = subprocess.run([spy, "dump", "--pid", str(proc.pid)], capture_output=True, text=True, timeout=30)
+            except subprocess.TimeoutExpired:  # the report of the hang must not hang or end in a second exception
+                lines.append("(py-spy did not answer within 30 s)")
+                continue
             lines.append(dump.stdout + dump.stderr)
     return "\n".join(lines)
 

@@ -166,7 +166,7 @@ class Operators:
         facts = MetricsFacts(totals=self.totals.totals(), replacements=self.totals.replacements())
         facts.operations = Counter(self.outcomes)
         facts.supervisor_published = self.published()
-        if self.steering.mode == "least-conn" and self.steering.shared_queue:
+        if self.steering.shared_queue:  # only least-conn has one; a fallback to the hash sets its weight to 0
             facts.shared_weight = self.steering.shared_weight
         for slot in fleet.slots:
             facts.slots[slot.index] = SlotFacts(weight=weights[slot.index] if slot.index < len(weights) else None)
