@@ -1,6 +1,6 @@
 """What wsup's HTTP protocol costs per request against uvicorn's own, replayed in-process (issue 11).
 
-A worker's HTTP path is uvicorn's ``HttpToolsProtocol`` with wsup's overrides (``supervisor/worker/protocols.py``:
+A worker's HTTP path is uvicorn's ``HttpToolsProtocol`` with wsup's overrides (``supervisor/worker/http_protocol.py``:
 connection counts in the page shared with the supervisor, header size and time limits, the drain). This replays
 requests through both classes on uvloop with the demo app and an in-memory transport, so nothing but the protocol
 differs: ``Connection: close`` (a new protocol object per request) and keep-alive (one connection).
@@ -32,13 +32,17 @@ from uvicorn.server import ServerState  # noqa: E402
 
 import app as demo  # noqa: E402
 from supervisor.worker.http_limits import HttpLimits  # noqa: E402
-from supervisor.worker.protocols import WorkerConnections, WsupHttpProtocol, WsupServerState  # noqa: E402
+from supervisor.worker.protocols import protocol_classes  # noqa: E402
+from supervisor.worker.worker_connections import WorkerConnections  # noqa: E402
 
 REQUESTS = {
     "close": b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     "keep-alive": b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n",
 }
-PROTOCOLS: dict[str, Any] = {"uvicorn": HttpToolsProtocol, "wsup": WsupHttpProtocol}
+PROTOCOLS: dict[str, Any] = {
+    "uvicorn": HttpToolsProtocol,
+    "wsup": protocol_classes(WorkerConnections(limits=HttpLimits()))[0],
+}
 
 
 class MemoryTransport:
@@ -77,7 +81,7 @@ async def replay(server: str, mode: str, requests: int) -> float:
     cls = PROTOCOLS[server]
     config = uvicorn.Config(demo.asgi, http=cls, access_log=False, log_level="warning", lifespan="off")
     config.load()
-    state = ServerState() if server == "uvicorn" else WsupServerState(WorkerConnections(limits=HttpLimits()))
+    state = ServerState()
     loop = asyncio.get_running_loop()
     request = REQUESTS[mode]
 

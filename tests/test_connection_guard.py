@@ -36,7 +36,7 @@ def test_the_sweep_closes_a_silent_connection_but_not_one_with_unread_bytes() ->
             guard.wait_idle(protocol)
         spoken_peer.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # arrived, not read: the loop is "behind"
         for _ in range(3):  # 1 s is 2 ticks; the tick it started in is never counted
-            guard.tick += 1
+            guard.advance()
             guard.sweep()
         assert silent.transport.is_closing()
         assert not spoken.transport.is_closing()
@@ -56,12 +56,12 @@ def test_a_connection_whose_bytes_were_read_late_is_still_closed_if_it_then_stay
         guard.wait_idle(held)
         peer.sendall(b"G")
         for _ in range(3):
-            guard.tick += 1
+            guard.advance()
             guard.sweep()
         assert not held.transport.is_closing()
         # The loop catches up and reads the byte (here: drained by hand), then the client sends nothing more.
         ours.recv(1)
-        guard.tick += 1
+        guard.advance()
         guard.sweep()
         assert held.transport.is_closing()
         peer.close()

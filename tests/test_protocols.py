@@ -18,12 +18,9 @@ from uvicorn.server import ServerState
 
 from ipc.errors import ProtocolError
 from ipc.messages import Report, decode, encode
-from supervisor.worker.protocols import (
-    _SHARED_HEADER_BYTES,
-    MAX_CLOSE_CODES,
-    WorkerConnections,
-    WsupWebSocketProtocol,
-)
+from supervisor.worker.protocols import listening_address, protocol_classes
+from supervisor.worker.websocket_protocol import _SHARED_HEADER_BYTES
+from supervisor.worker.worker_connections import MAX_CLOSE_CODES, WorkerConnections
 from tests.wsup_harness import Instance, eventually
 
 
@@ -73,7 +70,7 @@ def test_an_accept_after_the_transport_started_closing_is_a_disconnect_not_a_run
         config.load()
         ours, peer = socket.socketpair()
         transport, protocol = await asyncio.get_running_loop().connect_accepted_socket(
-            lambda: WsupWebSocketProtocol(config, ServerState(), {}), ours
+            lambda: protocol_classes(WorkerConnections())[1](config, ServerState(), {}), ours
         )
         peer.sendall(
             b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -116,14 +113,12 @@ def test_the_protocols_keep_their_attributes_where_cpython_shares_or_slots_them(
     async def scenario() -> tuple[int, int, dict[str, Any]]:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-        from supervisor.worker.protocols import WsupHttpProtocol
-
         config = Config(app, http="httptools", ws="websockets-sansio", log_level="critical", lifespan="off")
         config.load()
         request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
         answered = lambda transport, protocol: protocol.cycle is not None and protocol.cycle.response_complete  # noqa: E731
         sizes = []
-        for cls in (HttpToolsProtocol, WsupHttpProtocol):
+        for cls in (HttpToolsProtocol, protocol_classes(WorkerConnections())[0]):
             factory = functools.partial(cls, config, ServerState(), {})
             protocol, transport, peer = await _served(factory, request, answered)
             sizes.append(sys.getsizeof(vars(protocol)))
@@ -135,7 +130,7 @@ def test_the_protocols_keep_their_attributes_where_cpython_shares_or_slots_them(
         )
         accepted = lambda transport, protocol: bool(getattr(protocol, "handshake_complete", False))  # noqa: E731
         websocket, transport, peer = await _served(
-            lambda: WsupWebSocketProtocol(config, ServerState(), {}), upgrade, accepted
+            lambda: protocol_classes(WorkerConnections())[1](config, ServerState(), {}), upgrade, accepted
         )
         left_in_dict = dict(vars(websocket))
         host = next(name for name, _ in websocket.scope["headers"] if name == b"host")
@@ -173,3 +168,51 @@ def test_a_starlette_app_reads_the_headers_and_cookies_a_browser_sends(
     assert greeting["user_agent"] == "Mozilla/5.0 (X11; Linux x86_64)"
     assert greeting["session"] == "abc123"
     assert all(name == name.lower() for name in greeting["names"]), greeting["names"]
+
+
+def test_the_http_protocol_sets_up_a_connection_as_uvicorn_does() -> None:
+    """WsupHttpProtocol.connection_made is uvicorn's own, inline, taking the listener's address instead of a
+    getsockname() per connection: on real TCP connections it leaves the same attributes with the same addresses."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # never called: no request is sent
+        raise AssertionError(scope)
+
+    async def scenario() -> list[tuple[set[str], Any, str, str]]:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        config = Config(app, http="httptools", log_level="critical", lifespan="off")
+        config.load()
+        loop = asyncio.get_running_loop()
+        seen = []
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            connections = WorkerConnections()
+            connections.local_address = listening_address([listener])
+            assert connections.local_address == listener.getsockname()
+            for cls in (HttpToolsProtocol, protocol_classes(connections)[0]):
+                with socket.create_connection(listener.getsockname()) as client:
+                    accepted, _ = listener.accept()
+                    factory = functools.partial(cls, config, ServerState(), {})
+                    transport, protocol = await loop.connect_accepted_socket(factory, accepted)
+                    assert protocol.client == client.getsockname()
+                    seen.append((set(vars(protocol)), protocol.server, protocol.client[0], protocol.scheme))
+                    transport.close()
+        return seen
+
+    uvicorns, ours = asyncio.run(scenario())
+    assert ours == uvicorns
+
+
+def test_the_listening_address_is_used_only_when_every_connection_has_it() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as specific, socket.create_server(("0.0.0.0", 0)) as wildcard:
+        assert listening_address([specific]) == specific.getsockname()
+        assert listening_address([wildcard]) is None  # a connection's own address is the one its client dialled
+        assert listening_address([specific, wildcard]) is None
+        with socket.create_server(("127.0.0.1", 0)) as other_port:
+            assert listening_address([specific, other_port]) is None
+    if socket.has_ipv6:
+        try:
+            ipv6 = socket.create_server(("::1", 0), family=socket.AF_INET6)
+        except OSError:
+            return  # no IPv6 loopback on this host
+        with ipv6:
+            assert listening_address([ipv6]) == ipv6.getsockname()[:2]

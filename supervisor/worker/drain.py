@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import uvicorn
 
 from ipc.settings import WorkerSettings
-from supervisor.worker.protocols import WorkerConnections, WsupHttpProtocol, WsupWebSocketProtocol
+from supervisor.worker.http_protocol import WsupHttpProtocol
+from supervisor.worker.websocket_protocol import WsupWebSocketProtocol
+from supervisor.worker.worker_connections import WorkerConnections
 
 logger = logging.getLogger("wsup.worker")
 

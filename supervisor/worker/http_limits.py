@@ -64,26 +64,36 @@ class ConnectionGuard:
         self.tick = 0
         self._idle_ticks = _ticks(limits.idle_timeout)
         self._header_ticks = _ticks(limits.header_timeout)
-        self._waiting: dict[_Guarded, int] = {}  # protocol -> the tick it times out at
+        # Protocol -> the tick it times out at. Public: the HTTP protocol writes it inline on its request path
+        # (supervisor.worker.http_protocol), with the same deadlines as wait_idle and wait_headers.
+        self.waiting: dict[_Guarded, int] = {}
+        self.idle_deadline = 0
+        self.header_deadline = 0
+        self._set_deadlines()
         self.closed_idle = 0
         self.closed_headers = 0
         self.refused = {431: 0, 503: 0}
         self.closed_body = 0  # answered before their body arrived, and closed rather than read to the end
         self._logged_at = 0.0
 
-    # The current tick is partly over: a deadline is one tick later, never early.
+    def _set_deadlines(self) -> None:
+        """The deadline of a connection that starts waiting in this tick (0: that timeout is off). The current tick
+        is partly over: a deadline is one tick later, never early."""
+        self.idle_deadline = self.tick + self._idle_ticks + 1 if self._idle_ticks else 0
+        self.header_deadline = self.tick + self._header_ticks + 1 if self._header_ticks else 0
+
     def wait_idle(self, protocol: _Guarded) -> None:
         """A new connection: it has --idle-timeout to send its first byte."""
-        if self._idle_ticks:
-            self._waiting[protocol] = self.tick + self._idle_ticks + 1
+        if self.idle_deadline:
+            self.waiting[protocol] = self.idle_deadline
 
     def wait_headers(self, protocol: _Guarded) -> None:
         """A request's first bytes arrived: it has --header-timeout to complete its line and headers."""
-        if self._header_ticks:
-            self._waiting[protocol] = self.tick + self._header_ticks + 1
+        if self.header_deadline:
+            self.waiting[protocol] = self.header_deadline
 
     def done(self, protocol: _Guarded) -> None:
-        self._waiting.pop(protocol, None)
+        self.waiting.pop(protocol, None)
 
     def closed_unread_body(self) -> None:
         self.closed_body += 1
@@ -113,23 +123,28 @@ class ConnectionGuard:
         """The sweep: every tick, close the connections whose deadline has come."""
         while True:
             await asyncio.sleep(TICK_S)
-            self.tick += 1
+            self.advance()
             try:
                 self.sweep()
             except Exception:  # never seen; the sweep must outlive any one connection's surprise
                 logger.exception("HTTP limits: sweep failed")
 
+    def advance(self) -> None:
+        """The next tick."""
+        self.tick += 1
+        self._set_deadlines()
+
     def sweep(self) -> None:
         tick = self.tick
-        expired = [protocol for protocol, deadline in self._waiting.items() if deadline <= tick]
+        expired = [protocol for protocol, deadline in self.waiting.items() if deadline <= tick]
         for protocol in expired:
             if _unread_bytes(protocol.transport):
                 # The client has spoken; this worker has not read it yet (its loop is behind, e.g. in a reconnect
                 # storm, or reading is paused behind a pipelined request). The timeouts are for silent clients:
                 # closing would punish the client for our delay and send it back into the storm.
-                self._waiting[protocol] = tick + 1
+                self.waiting[protocol] = tick + 1
                 continue
-            del self._waiting[protocol]
+            del self.waiting[protocol]
             if getattr(protocol, "header_bytes", 0) > 0:
                 self.closed_headers += 1
             else:

@@ -40,7 +40,8 @@ from supervisor.log_format import open_log, worker_tag
 from supervisor.worker.app_loader import load_app
 from supervisor.worker.drain import WebSocketMover, drain, drain_window
 from supervisor.worker.http_limits import HttpLimits, automatic_max_connections
-from supervisor.worker.protocols import WorkerConnections, WsupHttpProtocol, WsupServerState, WsupWebSocketProtocol
+from supervisor.worker.protocols import listening_address, protocol_classes
+from supervisor.worker.worker_connections import WorkerConnections
 
 logger = logging.getLogger("wsup.worker")
 _PR_SET_PDEATHSIG = 1
@@ -184,10 +185,11 @@ class Worker:
         for sig, close_code in CLOSE_CODE_FOR.items():
             loop.add_signal_handler(sig, self._on_signal, close_code)
         loop.add_signal_handler(MOVE_WEBSOCKETS, self._on_move)
+        http_protocol, websocket_protocol = protocol_classes(self.connections)
         config = uvicorn.Config(
             app,
-            http=WsupHttpProtocol,
-            ws=WsupWebSocketProtocol,
+            http=http_protocol,
+            ws=websocket_protocol,
             lifespan="auto",
             log_config=logging_config(spec),
             log_level=settings.log_level,
@@ -211,13 +213,13 @@ class Worker:
         )
         config.load()
         server = self.server = uvicorn.Server(config)
-        server.server_state = WsupServerState(self.connections)  # every protocol instance reaches the counts here
         server.lifespan = config.lifespan_class(config)
         errors = LastErrorHandler()
         logging.getLogger("uvicorn.error").addHandler(errors)
         listeners = [socket.socket(fileno=spec.fd)]
         if spec.shared_fd >= 0:  # the queue every worker accepts from (supervisor.process.listeners)
             listeners.append(socket.socket(fileno=spec.shared_fd))
+        self.connections.local_address = listening_address(listeners)
         # The bus is up before the app's lifespan starts, so startup code and every handler can publish.
         bus = self.bus = WorkerBus(
             spec.bus_in,
