@@ -40,8 +40,9 @@ async def _settled(wsup: Instance, seen: dict[int, int]) -> dict[str, Any]:
 
 
 async def _arriving(url: str, count: int, over_s: float, seed: int) -> Connections:
-    """``count`` clients connecting at random instants over ``over_s`` seconds, as users arrive."""
+    """``count`` clients connecting at random instants over ``over_s`` seconds, as users arrive; in arrival order."""
     rng = random.Random(seed)
+    delays = [rng.uniform(0, over_s) for _ in range(count)]
 
     async def one(delay: float) -> tuple[ClientConnection, int]:
         await asyncio.sleep(delay)  # the client's arrival time, not a wait for the server
@@ -49,7 +50,8 @@ async def _arriving(url: str, count: int, over_s: float, seed: int) -> Connectio
         hello: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
         return ws, int(hello["pid"])
 
-    return list(await asyncio.gather(*(one(rng.uniform(0, over_s)) for _ in range(count))))
+    arrived = await asyncio.gather(*(one(delay) for delay in delays))
+    return [connection for _, connection in sorted(zip(delays, arrived, strict=True), key=lambda pair: pair[0])]
 
 
 def _assert_spread(seen: dict[int, int], workers: int, total: int, low: float, high: float) -> None:
@@ -128,7 +130,10 @@ def test_a_replaced_worker_is_refilled_first(start_wsup: Callable[..., Instance]
             back = await _arriving(url, len(lost), over_s=1.0, seed=2)
             landed = collections.Counter(pid for _, pid in back)
             # The kernel's hash would send a quarter of them to the replacement; steering sends ~90%.
-            assert landed[new_pid] >= 0.6 * len(lost), f"{landed[new_pid]} of {len(lost)} to {new_pid}: {landed}"
+            # In arrival order, N the replacement and 0-2 the survivors: which of them took what, and when.
+            survivors = sorted(set(tally(kept)))
+            order = "".join("N" if pid == new_pid else str(survivors.index(pid)) for _, pid in back)
+            assert landed[new_pid] >= 0.6 * len(lost), f"{landed[new_pid]} of {len(lost)} to {new_pid}: {order}"
             await _settled(wsup, tally(kept + back))
         finally:
             await close_all(kept + back)
