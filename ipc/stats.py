@@ -1,8 +1,8 @@
 """Worker → supervisor reporting: ready/failed notices and coalesced, heartbeat-carrying connection counts.
 
 The worker side runs a reporter task on the worker's own event loop: if the loop is blocked, reports stop, which
-is exactly what the supervisor must notice. Reports are sent when the counts change or a heartbeat is due, at
-most one per tick, never one per connection.
+is exactly what the supervisor must notice. Reports are sent when the counts change (``report_due`` says how soon)
+or a heartbeat is due, at most one per tick, never one per connection.
 """
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ REPORT_TICK_S = 0.05  # how often counts are sampled; a change is reported at th
 # to the worker's shared page (ipc.counters.HEARTBEAT), read by the supervisor when it needs it: with a message
 # every 0.1 s instead, idle workers woke the supervisor 10 times a second each, ~0.1 ms of its CPU every time.
 HEARTBEAT_S = 1.0
+# Under HTTP load the request counts (and the bus's, under broadcasts) change at every tick: changes of those alone
+# are reported at most this often. They feed `status` and the metrics, not steering's placement, which reads the
+# live counts from the shared page: at 20 reports a second per worker, the supervisor spent ~1% of a core on them
+# during a stream of short connections. A WebSocket opened or closed, a drain, a close code or a limit hit is still
+# reported at the next tick.
+REPORT_BUSY_S = 0.25
 # Reports queued for the supervisor: over 7 s of 128 workers' heartbeats; a worker counts what it cannot send.
 STATS_HWM = 10_000
 
@@ -36,6 +42,24 @@ class Counts(NamedTuple):
     requests: int
     websocket_sessions: int
     draining: bool
+
+
+Details = tuple[JSONObject, JSONObject, JSONObject]  # bus counters, close codes, HTTP limits
+
+
+def report_due(
+    now: float, last_sent: float, current: tuple[Counts, Details], last: tuple[Counts, Details] | None
+) -> bool:
+    """Whether the reporter's tick at ``now`` sends ``current``, ``last`` having been sent at ``last_sent``."""
+    if last is None or now - last_sent >= HEARTBEAT_S:
+        return True
+    if current == last:
+        return False
+    (counts, (_, closes, limits)), (counts_then, (_, closes_then, limits_then)) = current, last
+    prompt = (counts.websocket, counts.draining, closes, limits)
+    if prompt != (counts_then.websocket, counts_then.draining, closes_then, limits_then):
+        return True
+    return now - last_sent >= REPORT_BUSY_S
 
 
 class StatsReporter:
@@ -80,7 +104,7 @@ class StatsReporter:
     def send_failed(self, error: str) -> None:
         self._send(Failed(pid=self._pid, slot=self._slot, generation=self._generation, error=error))
 
-    def _details(self) -> tuple[JSONObject, JSONObject, JSONObject]:
+    def _details(self) -> Details:
         """The report's counters besides the connection counts: bus, close codes, HTTP limits."""
         return (
             self._bus_counters() if self._bus_counters is not None else {},
@@ -88,9 +112,7 @@ class StatsReporter:
             self._http_limits() if self._http_limits is not None else {},
         )
 
-    def send_report(
-        self, counts: Counts, loop_lag_ms: float, details: tuple[JSONObject, JSONObject, JSONObject] | None = None
-    ) -> None:
+    def send_report(self, counts: Counts, loop_lag_ms: float, details: Details | None = None) -> None:
         bus, closes, http_limits = details if details is not None else self._details()
         self._seq += 1
         self._send(
@@ -115,7 +137,7 @@ class StatsReporter:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        last: tuple[Counts, tuple[JSONObject, JSONObject, JSONObject]] | None = None
+        last: tuple[Counts, Details] | None = None
         last_sent = 0.0
         while True:
             due = loop.time() + REPORT_TICK_S
@@ -124,10 +146,8 @@ class StatsReporter:
             lag_ms = max(0.0, (now - due) * 1000.0)
             if self._heartbeat is not None:
                 self._heartbeat()
-            # Any change is reported at this tick, the bus and close counters too: `status` is as fresh as before
-            # the heartbeat moved to the shared page.
             current = (self._snapshot(), self._details())
-            if current != last or now - last_sent >= HEARTBEAT_S:
+            if report_due(now, last_sent, current, last):
                 self.send_report(current[0], lag_ms, current[1])
                 last, last_sent = current, now
 

@@ -7,6 +7,7 @@ import pytest
 
 from ipc.errors import NotRunningError, ProtocolError, RemoteError, error_from_kind
 from ipc.messages import MAX_MESSAGE_BYTES, Failed, Ready, Reply, Report, Request, decode, encode
+from ipc.stats import HEARTBEAT_S, REPORT_BUSY_S, REPORT_TICK_S, Counts, Details, report_due
 
 
 def _report(**overrides: object) -> Report:
@@ -123,3 +124,25 @@ def test_typed_errors_survive_the_process_boundary() -> None:
     assert isinstance(error_from_kind("NotRunningError", "x"), NotRunningError)
     unknown = error_from_kind("InternalError", "y")
     assert isinstance(unknown, RemoteError) and unknown.kind == "InternalError"
+
+
+def test_request_counts_alone_are_reported_at_most_every_busy_interval() -> None:
+    """Under HTTP load the request counts change at every tick; a WebSocket, a drain or a close code is reported at
+    the next tick all the same (ipc.stats.report_due)."""
+    idle = Counts(http=3, websocket=5, in_flight=0, requests=100, websocket_sessions=5, draining=False)
+    details: Details = ({}, {"1000": 2}, {})
+    sent = (idle, details)
+    busier = (idle._replace(http=9, in_flight=4, requests=180), details)
+    assert not report_due(10.0, 10.0, sent, sent)
+    assert not report_due(10.0 + REPORT_TICK_S, 10.0, busier, sent)
+    assert report_due(10.0 + REPORT_BUSY_S, 10.0, busier, sent)
+    prompts: list[tuple[Counts, Details]] = [
+        (idle._replace(websocket=6, websocket_sessions=6), details),
+        (idle._replace(draining=True), details),
+        (idle, ({}, {"1000": 3}, {})),
+        (idle, ({}, {"1000": 2}, {"max_header_bytes": 1})),
+    ]
+    for prompt in prompts:
+        assert report_due(10.0 + REPORT_TICK_S, 10.0, prompt, sent), prompt
+    assert report_due(10.0 + HEARTBEAT_S, 10.0, sent, sent)  # nothing changed: the heartbeat report
+    assert report_due(0.0, 0.0, sent, None)  # the first
