@@ -238,6 +238,9 @@ def shared(
     return SlotLoad(slot, eligible, live, 0, 0, queue, age, accepted, live)
 
 
+SETTLED = load_tracker.EXACT_SETTLE_S + 0.001  # the supervisor's re-plan once a sparse arrival has settled
+
+
 def step(tracker: LoadTracker, now: float, loads: Sequence[SlotLoad]) -> Plan:
     tracker.observe(now, loads)
     return tracker.plan(now, loads)
@@ -313,8 +316,11 @@ def test_sparse_arrivals_go_to_a_least_loaded_slot_each() -> None:
     counts = [0, 0, 0, 0]
     now = 1.0
     for arrival in range(8):
-        plan = step(tracker, now, [shared(slot, count) for slot, count in enumerate(counts)])
-        assert plan.exact and not plan.fast
+        loads = [shared(slot, count) for slot, count in enumerate(counts)]
+        plan = step(tracker, now, loads)  # at the arrival: the mild program while a pool may still be coming in
+        assert plan.settling == (arrival > 0) and plan.exact == (arrival == 0) and not plan.fast
+        plan = step(tracker, now + SETTLED, loads)  # quiet since: the exact one
+        assert plan.exact and not plan.settling and not plan.fast
         low = min(counts)
         assert all((weight > 0) == (count == low) for weight, count in zip(plan.weights, counts, strict=True))
         assert max(plan.weights) - min(w for w in plan.weights if w) <= 1  # ties: equal, to integer rounding
@@ -332,8 +338,9 @@ def test_one_arrival_soon_after_a_routine_plan_is_still_sparse() -> None:
     step(tracker, 1.0, [shared(slot, 0) for slot in range(4)])
     step(tracker, 2.0, [shared(slot, 0) for slot in range(4)])  # a heartbeat report, nothing arrived
     plan = step(tracker, 2.012, [shared(0, 1), shared(1, 0), shared(2, 0), shared(3, 0)])
-    assert plan.exact and plan.arrivals_per_s <= 1.0
-    assert plan.weights[0] == 0
+    assert plan.settling and plan.arrivals_per_s <= 1.0
+    plan = step(tracker, 2.012 + SETTLED, [shared(0, 1), shared(1, 0), shared(2, 0), shared(3, 0)])
+    assert plan.exact and plan.weights[0] == 0
     # The 20 ms recheck and the next routine plans keep it so.
     assert step(tracker, 2.032, [shared(0, 1), shared(1, 0), shared(2, 0), shared(3, 0)]).exact
     # A real stream still counts as one: 5 arrivals in 50 ms, each seen within 10 ms of the last.
@@ -342,6 +349,25 @@ def test_one_arrival_soon_after_a_routine_plan_is_still_sparse() -> None:
         now, accepted = now + 0.011, accepted + 1
         plan = step(tracker, now, [shared(0, accepted), shared(1, 0), shared(2, 0), shared(3, 0)])
     assert plan.arrivals_per_s >= load_tracker.EXACT_MAX_ARRIVALS_PER_S and not plan.exact
+
+
+def test_a_pool_connecting_at_once_after_an_idle_spell_is_not_sent_to_one_slot() -> None:
+    # wrk or a proxy opens 64 keep-alive connections within a millisecond, after seconds of quiet. The plan made at
+    # the first of them must not send the rest to the slot that had one fewer: the whole pool would land there.
+    tracker = LoadTracker()
+    step(tracker, 1.0, [shared(0, 0), shared(1, 0)])
+    step(tracker, 5.0, [shared(0, 0), shared(1, 0)])
+    plan = step(tracker, 5.0005, [shared(0, 1), shared(1, 0)])
+    assert plan.settling and not plan.exact
+    assert min(plan.weights) >= 0.45 * sum(plan.weights), plan.weights
+    # Still arriving 3 ms later: still no exact program (and too soon to measure a rate).
+    plan = step(tracker, 5.0035, [shared(0, 30), shared(1, 34)])
+    assert plan.settling and not plan.exact and min(plan.weights) >= 0.4 * sum(plan.weights), plan.weights
+    # Once it is all in and the arrivals have faded, a lone arrival is placed exactly again.
+    quiet = [shared(0, 32), shared(1, 32)]
+    for now in (6.0, 7.0):
+        plan = step(tracker, now, quiet)
+    assert plan.exact and plan.weights[0] == plan.weights[1]
 
 
 def test_a_stream_of_short_connections_goes_to_the_shared_queue() -> None:

@@ -11,6 +11,7 @@ import collections
 import os
 import random
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -229,3 +230,37 @@ def test_sparse_arrivals_are_placed_one_per_least_loaded_worker(start_wsup: Call
             await close_all(clients)
 
     assert sorted(asyncio.run(scenario()).values()) == [2, 2, 2, 2]
+
+
+def _all_counted(counts: list[int], total: int) -> list[int] | None:
+    return counts if sum(counts) == total else None
+
+
+def test_a_pool_opened_at_once_after_an_idle_spell_is_spread(start_wsup: Callable[..., Instance]) -> None:
+    """64 keep-alive connections opened within a few milliseconds, as wrk or a proxy opens its pool, after the
+    instance has been idle (arrivals sparse: exact placement). The plan made at the first must not send the rest to
+    the one slot that had a connection fewer: before the fix, the whole pool landed on one of two workers in about
+    half of the tries (a test run has six)."""
+    wsup = start_wsup("app:asgi", "-i", "2", "--log-level", "warning")
+    wsup.wait_ready(2)
+
+    def http_counts() -> list[int]:
+        return [int(w["connections"]["http"]) for w in wsup.status()["workers"]]
+
+    def sparse() -> bool:
+        balance = wsup.status()["balance"]
+        return bool(balance["exact"]) and not balance["settling"]
+
+    splits = []
+    for _ in range(6):
+        wait_until(lambda: sum(http_counts()) == 0 and sparse(), 20.0, 0.1, "an idle instance placing exactly")
+        pool = [socket.socket() for _ in range(64)]
+        try:
+            for sock in pool:  # every SYN out before the first is accepted, as a client opening a pool does
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", wsup.port))
+            splits.append(wait_until(lambda: _all_counted(http_counts(), 64), 20.0, 0.1, "the pool counted"))
+        finally:
+            for sock in pool:
+                sock.close()
+    assert all(min(split) >= 16 for split in splits), splits

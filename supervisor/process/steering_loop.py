@@ -14,6 +14,7 @@ from supervisor.process.slot_loads import slot_loads, sticky_roles
 from supervisor.process.slots import WorkerHandle
 from supervisor.steering.arrivals import ArrivalWatch
 from supervisor.steering.controller import EXACT_RECHECK_S, Steering
+from supervisor.steering.load_tracker import EXACT_SETTLE_S
 
 
 class SteeringLoop:
@@ -24,6 +25,7 @@ class SteeringLoop:
         self.stall_after = stall_after
         self.arrivals = ArrivalWatch(lambda: self.plan_and_watch())
         self._recheck: asyncio.TimerHandle | None = None
+        self._settle: asyncio.TimerHandle | None = None
 
     def on_report(self, worker: WorkerHandle, report: Report) -> None:
         """Record ``report`` on ``worker``, and plan if it matters now.
@@ -63,6 +65,9 @@ class SteeringLoop:
             returning = float(sum(entry.worker.live_connections() for entry in fleet.draining))
         loads = slot_loads(fleet, self.listeners.sockets, self.stall_after)
         self.steering.update(self.listeners.sockets, loads, force=force, returning=returning, min_interval=min_interval)
+        if self.steering.settling() and self._settle is None:
+            # The mild program of a sparse spell's arrival: the exact one once no other has come for EXACT_SETTLE_S.
+            self._settle = asyncio.get_running_loop().call_later(EXACT_SETTLE_S, self._settled)
 
     def plan_and_watch(self, *, force: bool = False) -> None:
         """Plan now, and watch for the next arrival from ``next_check`` on (see supervisor.steering.arrivals)."""
@@ -83,9 +88,15 @@ class SteeringLoop:
         if not self.fleet.stopping:
             self.steer(min_interval=0.0)
 
+    def _settled(self) -> None:
+        self._settle = None
+        if not self.fleet.stopping:
+            self.steer(min_interval=0.0)
+
     def close(self) -> None:
         """Before the listeners close: no watch on their fds, no plan pending."""
         self.arrivals.disarm()
-        if self._recheck is not None:
-            self._recheck.cancel()
-            self._recheck = None
+        for timer in (self._recheck, self._settle):
+            if timer is not None:
+                timer.cancel()
+        self._recheck = self._settle = None

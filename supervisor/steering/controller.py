@@ -132,8 +132,13 @@ class Steering:
         return now - self._last_plan >= self.min_interval
 
     def placing_exactly(self) -> bool:
-        """Whether the program in force sends each arrival to a least-loaded slot (``Plan.exact``)."""
-        return self.plan is not None and self.plan.exact
+        """Whether arrivals are sparse: the program in force sends each one to a least-loaded slot (``Plan.exact``),
+        or will once the last arrival is EXACT_SETTLE_S old (``Plan.settling``)."""
+        return self.plan is not None and (self.plan.exact or self.plan.settling)
+
+    def settling(self) -> bool:
+        """Whether the program in force is the mild one of a sparse spell's arrival (``Plan.settling``)."""
+        return self.plan is not None and self.plan.settling
 
     def leaves_out(self, slot: int) -> bool:
         """Whether ``slot`` took no new connections at the last plan (not serving, draining, silent)."""
@@ -169,7 +174,7 @@ class Steering:
         """Seconds until connection arrivals should be checked again: soon while they pile up."""
         if self.plan is not None and self.plan.fast:
             return FAST_INTERVAL_S
-        return EXACT_INTERVAL_S if self.plan is not None and self.plan.exact else SLOW_CHECK_S
+        return EXACT_INTERVAL_S if self.placing_exactly() else SLOW_CHECK_S
 
     def _log_stalls(self, stalled: list[int]) -> None:
         before = set(self.plan.stalled) if self.plan else set()
@@ -215,6 +220,7 @@ class Steering:
             "lookahead": round(plan.lookahead, 1) if plan else None,
             "fast": plan.fast if plan else False,  # connections are piling up: a new program every 2 ms
             "exact": plan.exact if plan else False,  # arrivals are sparse: each goes to a least-loaded slot
+            "settling": plan.settling if plan else False,  # ...once the last arrival is EXACT_SETTLE_S old
             "arrivals_per_s": round(plan.arrivals_per_s, 1) if plan else None,
             "churn_per_s": round(plan.churn_per_s, 1) if plan else None,
         }
