@@ -177,7 +177,7 @@ def test_the_http_protocol_sets_up_a_connection_as_uvicorn_does() -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # never called: no request is sent
         raise AssertionError(scope)
 
-    async def scenario() -> list[tuple[set[str], Any, str, str]]:
+    async def scenario() -> list[tuple[set[str], Any, Any, Any]]:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
         config = Config(app, http="httptools", log_level="critical", lifespan="off")
@@ -194,12 +194,14 @@ def test_the_http_protocol_sets_up_a_connection_as_uvicorn_does() -> None:
                     factory = functools.partial(cls, config, ServerState(), {})
                     transport, protocol = await loop.connect_accepted_socket(factory, accepted)
                     assert protocol.client == client.getsockname()
-                    seen.append((set(vars(protocol)), protocol.server, protocol.client[0], protocol.scheme))
+                    seen.append((set(vars(protocol)), protocol.server, protocol.client, protocol.scheme))
                     transport.close()
         return seen
 
-    uvicorns, ours = asyncio.run(scenario())
-    assert ours == uvicorns
+    (uvicorn_names, uvicorn_server, uvicorn_client, uvicorn_scheme), ours = asyncio.run(scenario())
+    # Two connections, two client ports: the same client host.
+    assert ours[0] == uvicorn_names and ours[1] == uvicorn_server and ours[3] == uvicorn_scheme
+    assert ours[2][0] == uvicorn_client[0]
 
 
 def test_the_listening_address_is_used_only_when_every_connection_has_it() -> None:
