@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="wsup,uvicorn,gunicorn",
         help="comma-separated, in order, from wsup, wsup-hash (wsup with --balance hash), wsup-no-shared "
         "(wsup with --no-shared-queue), uvicorn, "
-        "uvicorn-reuseport (uvicorn on per-worker reuseport sockets), gunicorn, granian",
+        "uvicorn-reuseport (uvicorn on per-worker reuseport sockets), gunicorn, granian; and wsup-baseline "
+        "(the wsup checkout named by $WSUP_BENCH_BASELINE)",
     )
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "BENCHMARKS.md", help="markdown file")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing it")

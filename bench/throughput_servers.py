@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import shlex
 import signal
 import subprocess
@@ -18,6 +19,9 @@ from server_process import StartedServer, free_port, gunicorn_worker_class, spaw
 
 REPO = Path(__file__).resolve().parent.parent
 APP = "app:asgi"
+# A checkout of another wsup commit (`git worktree add DIR COMMIT`): server "wsup-baseline" runs its bin/wsup, on the
+# same app and interpreter, to measure a change side by side with the code before it.
+BASELINE_ENV = "WSUP_BENCH_BASELINE"
 PATH = "/hello"
 STOP_GRACE_S = 15.0
 DISPLAY_ENV = {"WSUP_RUN_DIR": "/tmp/wsup-bench-XXXX"}  # a fresh temporary directory per benchmark
@@ -45,8 +49,9 @@ class ServerSpec:
         return (env + " " if env else "") + shlex.join(argv)
 
 
-def _wsup(name: str, workers: int, run_dir: str, *extra: str) -> ServerSpec:
-    argv = (sys.executable, "bin/wsup", "start", APP, "-i", str(workers), "--port", "{port}", "--name", "bench-" + name)
+def _wsup(name: str, workers: int, run_dir: str, *extra: str, tree: str = "") -> ServerSpec:
+    wsup = os.path.join(tree, "bin", "wsup")
+    argv = (sys.executable, wsup, "start", APP, "-i", str(workers), "--port", "{port}", "--name", "bench-" + name)
     return ServerSpec(
         name,
         argv + extra + ("--no-access-log", "--log-level", "warning"),
@@ -59,7 +64,8 @@ def build_specs(workers: int, run_dir: str) -> dict[str, ServerSpec]:
     """Every server this benchmark knows; ``wsup-hash`` (the kernel's hash instead of wsup's steering) is a
     diagnostic that separates the cost of steering from that of counting and reporting."""
     py = sys.executable
-    return {
+    baseline = os.environ.get(BASELINE_ENV)
+    return ({"wsup-baseline": _wsup("wsup-baseline", workers, run_dir, tree=baseline)} if baseline else {}) | {
         "wsup": _wsup("wsup", workers, run_dir),
         "wsup-hash": _wsup("wsup-hash", workers, run_dir, "--balance", "hash"),
         # wsup steering every connection to a worker's own queue, a stream of short ones too (issue 11).
