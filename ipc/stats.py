@@ -25,11 +25,11 @@ REPORT_TICK_S = 0.05  # how often counts are sampled; a change is reported at th
 # to the worker's shared page (ipc.counters.HEARTBEAT), read by the supervisor when it needs it: with a message
 # every 0.1 s instead, idle workers woke the supervisor 10 times a second each, ~0.1 ms of its CPU every time.
 HEARTBEAT_S = 1.0
-# Under HTTP load the request counts (and the bus's, under broadcasts) change at every tick: changes of those alone
-# are reported at most this often. They feed `status` and the metrics, not steering's placement, which reads the
-# live counts from the shared page: at 20 reports a second per worker, the supervisor spent ~1% of a core on them
-# during a stream of short connections. A WebSocket opened or closed, a drain, a close code or a limit hit is still
-# reported at the next tick.
+# Under HTTP load the request counts change at every tick: changes of those alone (requests, in flight, HTTP
+# connections) are reported at most this often. They feed `status` and the metrics, not steering's placement,
+# which reads the live counts from the shared page: at 20 reports a second per worker, the supervisor spent ~1% of
+# a core on them during a stream of short connections. A WebSocket opened or closed, a drain, and any change of the
+# bus, close-code or limit counters is still reported at the next tick.
 REPORT_BUSY_S = 0.25
 # Reports queued for the supervisor: over 7 s of 128 workers' heartbeats; a worker counts what it cannot send.
 STATS_HWM = 10_000
@@ -55,9 +55,8 @@ def report_due(
         return True
     if current == last:
         return False
-    (counts, (_, closes, limits)), (counts_then, (_, closes_then, limits_then)) = current, last
-    prompt = (counts.websocket, counts.draining, closes, limits)
-    if prompt != (counts_then.websocket, counts_then.draining, closes_then, limits_then):
+    (counts, details), (counts_then, details_then) = current, last
+    if (counts.websocket, counts.draining, details) != (counts_then.websocket, counts_then.draining, details_then):
         return True
     return now - last_sent >= REPORT_BUSY_S
 

@@ -127,8 +127,8 @@ def test_typed_errors_survive_the_process_boundary() -> None:
 
 
 def test_request_counts_alone_are_reported_at_most_every_busy_interval() -> None:
-    """Under HTTP load the request counts change at every tick; a WebSocket, a drain or a close code is reported at
-    the next tick all the same (ipc.stats.report_due)."""
+    """Under HTTP load the request counts change at every tick; a WebSocket, a drain, a bus or close-code counter is
+    reported at the next tick all the same (ipc.stats.report_due)."""
     idle = Counts(http=3, websocket=5, in_flight=0, requests=100, websocket_sessions=5, draining=False)
     details: Details = ({}, {"1000": 2}, {})
     sent = (idle, details)
@@ -141,6 +141,7 @@ def test_request_counts_alone_are_reported_at_most_every_busy_interval() -> None
         (idle._replace(draining=True), details),
         (idle, ({}, {"1000": 3}, {})),
         (idle, ({}, {"1000": 2}, {"max_header_bytes": 1})),
+        (idle, ({"published": 1}, {"1000": 2}, {})),
     ]
     for prompt in prompts:
         assert report_due(10.0 + REPORT_TICK_S, 10.0, prompt, sent), prompt
