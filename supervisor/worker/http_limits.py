@@ -65,7 +65,8 @@ class ConnectionGuard:
         self._idle_ticks = _ticks(limits.idle_timeout)
         self._header_ticks = _ticks(limits.header_timeout)
         # Protocol -> the tick it times out at. Public: the HTTP protocol writes it inline on its request path
-        # (supervisor.worker.http_protocol), with the same deadlines as wait_idle and wait_headers.
+        # (supervisor.worker.http_protocol), with idle_deadline at a new connection (as wait_idle does) and
+        # header_deadline at a request's first bytes, and removes it once the headers are complete.
         self.waiting: dict[_Guarded, int] = {}
         self.idle_deadline = 0
         self.header_deadline = 0
@@ -86,11 +87,6 @@ class ConnectionGuard:
         """A new connection: it has --idle-timeout to send its first byte."""
         if self.idle_deadline:
             self.waiting[protocol] = self.idle_deadline
-
-    def wait_headers(self, protocol: _Guarded) -> None:
-        """A request's first bytes arrived: it has --header-timeout to complete its line and headers."""
-        if self.header_deadline:
-            self.waiting[protocol] = self.header_deadline
 
     def done(self, protocol: _Guarded) -> None:
         self.waiting.pop(protocol, None)

@@ -53,11 +53,11 @@ class WsupHttpProtocol(HttpToolsProtocol):
             self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
         # Bytes of the current request's line and headers, -1 between requests (httptools has no limit).
         self.header_bytes = 0
-        # uvicorn's set of this server's live connections (WebSockets included), which it just added this one to.
-        if len(self.connections) > wsup.max_connections:
-            wsup.guard.refuse(self, 503)
-            return
         guard = wsup.guard
+        # uvicorn's set of this server's live connections (WebSockets included), which it just added this one to.
+        if len(self.connections) > wsup.limits.max_connections:
+            guard.refuse(self, 503)
+            return
         if guard.idle_deadline:  # ConnectionGuard.wait_idle
             guard.waiting[self] = guard.idle_deadline
 
@@ -86,7 +86,7 @@ class WsupHttpProtocol(HttpToolsProtocol):
             counted = 0  # the next request on a keep-alive connection (or pipelined behind the current one)
         wsup = self.wsup
         if counted == 0:
-            # The request's first bytes: from now on it has --header-timeout (ConnectionGuard.wait_headers).
+            # The request's first bytes: from now on it has --header-timeout.
             guard = wsup.guard
             if guard.header_deadline:
                 guard.waiting[self] = guard.header_deadline

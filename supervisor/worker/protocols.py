@@ -27,8 +27,10 @@ def listening_address(listeners: Sequence[socket.socket]) -> tuple[str, int] | N
     A socket bound to a specific IP and port gives each accepted connection that address; one bound to 0.0.0.0 or
     :: does not (a connection's address is the one its client dialled), nor does a Unix socket.
     """
-    found = {listener.getsockname()[:2] for listener in listeners if listener.family in _INET}
-    if len(found) != 1 or len(listeners) != sum(1 for listener in listeners if listener.family in _INET):
+    if any(listener.family not in _INET for listener in listeners):
+        return None
+    found = {listener.getsockname()[:2] for listener in listeners}
+    if len(found) != 1:
         return None
     host, port = found.pop()
     return None if ipaddress.ip_address(host).is_unspecified else (str(host), int(port))
@@ -39,8 +41,9 @@ def protocol_classes(connections: WorkerConnections) -> tuple[type[WsupHttpProto
 
     uvicorn builds a protocol object per connection from the class it is given. Looking the counts up in uvicorn's
     server state took an ``__init__`` of our own, a Python call per connection (bench/protocol_cost.py); a class
-    per server, made once at startup, gives every instance ``self.wsup`` for free.
+    per server, made once at startup, gives every instance the counts for one attribute read.
     """
-    http = type(WsupHttpProtocol.__name__, (WsupHttpProtocol,), {"__slots__": (), "server_connections": connections})
-    websocket = type(WsupWebSocketProtocol.__name__, (WsupWebSocketProtocol,), {"__slots__": (), "wsup": connections})
+    attributes = {"__slots__": (), "server_connections": connections}
+    http = type(WsupHttpProtocol.__name__, (WsupHttpProtocol,), attributes)
+    websocket = type(WsupWebSocketProtocol.__name__, (WsupWebSocketProtocol,), attributes)
     return cast("type[WsupHttpProtocol]", http), cast("type[WsupWebSocketProtocol]", websocket)

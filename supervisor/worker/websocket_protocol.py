@@ -59,8 +59,8 @@ _SANSIO_SLOTS = (
 class WsupWebSocketProtocol(_WebSocketBase):  # type: ignore[misc]
     """The WebSocket protocol uvicorn would pick, counting live and total sessions."""
 
-    __slots__ = ("ping_due", *(_SANSIO_SLOTS if _WebSocketBase is WebSocketsSansIOProtocol else ()))
-    wsup: ClassVar[WorkerConnections]  # the server's, set on the class by protocol_classes
+    __slots__ = ("wsup", "ping_due", *(_SANSIO_SLOTS if _WebSocketBase is WebSocketsSansIOProtocol else ()))
+    server_connections: ClassVar[WorkerConnections]  # the server's, set on the class by protocol_classes
 
     def __init__(
         self,
@@ -70,6 +70,8 @@ class WsupWebSocketProtocol(_WebSocketBase):  # type: ignore[misc]
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        # In a slot, as in WsupHttpProtocol: a class attribute read through an instance is a slow lookup on 3.11.
+        self.wsup = self.server_connections
         self.ping_due = -1  # the tick of its next keepalive ping in the worker's PingWheel, -1: none
         if isinstance(self, WebSocketsSansIOProtocol):
             # The same API with ~4 KiB less per connection (supervisor/worker/idle_memory.py says where it goes).

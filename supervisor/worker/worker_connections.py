@@ -17,8 +17,8 @@ class WorkerConnections:
     """One server's connection counts, drain state and HTTP limits, shared by all of its protocol instances."""
 
     __slots__ = (
-        "cells", "websocket_live", "websocket_opened", "close_codes", "draining", "on_lost", "limits",
-        "max_connections", "guard", "pings", "local_address",
+        "cells", "websocket_live", "websocket_opened", "close_codes", "draining", "on_lost", "limits", "guard",
+        "pings", "local_address",
     )  # fmt: skip
 
     def __init__(self, cells: memoryview | None = None, limits: HttpLimits | None = None) -> None:
@@ -31,7 +31,6 @@ class WorkerConnections:
         self.draining = False
         self.on_lost: Callable[[], None] | None = None  # set by the drain, to wake it when a connection ends
         self.limits = limits or HttpLimits()
-        self.max_connections = self.limits.max_connections  # read at every connection: one attribute less
         self.guard = ConnectionGuard(self.limits)
         self.pings: PingWheel | None = None  # every WebSocket's next keepalive ping, made at the first one
         # Every connection's own address when the listeners are bound to one (see listening_address), else None.
