@@ -7,8 +7,6 @@ new code. It drains on the signals of ``ipc.signals`` (1012 when replaced, 1001 
 from __future__ import annotations
 
 import asyncio
-import copy
-import ctypes
 import functools
 import logging
 import os
@@ -19,7 +17,6 @@ from typing import Any
 
 import uvicorn
 import uvloop
-from uvicorn.config import LOGGING_CONFIG
 
 from ipc import broadcast
 from ipc.bus_queue import Policy
@@ -36,76 +33,21 @@ from ipc.signals import (
     REOPEN_WORKER_LOG,
 )
 from ipc.stats import Counts, StatsReporter
-from supervisor.log_format import open_log, worker_tag
 from supervisor.worker.app_loader import load_app
 from supervisor.worker.drain import WebSocketMover, drain, drain_window
 from supervisor.worker.http_limits import HttpLimits, automatic_max_connections
+from supervisor.worker.process_setup import (
+    EXIT_STARTUP_FAILED,
+    LastErrorHandler,
+    die_with_supervisor,
+    load_env_file,
+    logging_config,
+    reopen_log,
+)
 from supervisor.worker.protocols import listening_address, protocol_classes
 from supervisor.worker.worker_connections import WorkerConnections
 
 logger = logging.getLogger("wsup.worker")
-_PR_SET_PDEATHSIG = 1
-EXIT_STARTUP_FAILED = 3
-
-
-def die_with_supervisor(supervisor_pid: int) -> None:
-    """Ask the kernel to SIGKILL us when the supervisor dies, so no orphan ever keeps the port."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    # The supervisor may have died before prctl: then our parent is already someone else.
-    if os.getppid() != supervisor_pid:
-        os._exit(EXIT_STARTUP_FAILED)
-
-
-def logging_config(spec: WorkerSpec) -> dict[str, Any]:
-    config = copy.deepcopy(LOGGING_CONFIG)
-    if spec.settings.log_format == "json":
-        json = {"()": "supervisor.log_format.JsonFormatter", "source": "worker"}
-        for name in ("default", "access"):
-            config["formatters"][name] = {**json, "slot": spec.slot, "generation": spec.generation}
-    else:
-        prefix = f"%(asctime)s {worker_tag(spec.slot, spec.generation)} %(levelprefix)s "
-        config["formatters"]["default"]["fmt"] = prefix + "%(message)s"
-        config["formatters"]["access"]["fmt"] = prefix + '%(client_addr)s - "%(request_line)s" %(status_code)s'
-    # Access lines go where every other line goes (the log file, when there is one), not to stdout.
-    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
-    level = spec.settings.log_level.upper() if spec.settings.log_level != "trace" else "DEBUG"
-    config["loggers"]["wsup"] = {"handlers": ["default"], "level": level, "propagate": False}
-    return config
-
-
-def reopen_log(path: str) -> None:
-    """Point stderr at ``path`` again (after logrotate moved the old file away); keep the old one if that fails."""
-    try:
-        fd = open_log(path)
-    except OSError as exc:
-        logger.error("could not reopen the log %s: %s", path, exc.strerror)
-        return
-    sys.stderr.flush()
-    os.dup2(fd, 2)
-    os.close(fd)
-
-
-class LastErrorHandler(logging.Handler):
-    """Remembers the cause of a lifespan failure from what uvicorn logs, for the one-line startup error."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.cause: str = ""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            self.cause = f"{type(exc).__name__}: {exc}"
-        elif not self.cause:
-            # Starlette reports the failure as a message holding the traceback: its last line names the error.
-            lines = [line for line in record.getMessage().splitlines() if line.strip()]
-            self.cause = lines[-1].strip() if lines else ""
-
-    @property
-    def last(self) -> str:
-        return self.cause
 
 
 class Worker:
@@ -275,17 +217,6 @@ class Worker:
         reporter_task.cancel()
         guard_task.cancel()
         bus.close()
-
-
-def load_env_file(path: str) -> None:
-    """``--env-file``, as uvicorn reads it (python-dotenv; variables already set win), but before the app is
-    imported, since apps read their settings at import."""
-    try:
-        from dotenv import load_dotenv
-    except ImportError:
-        raise AppLoadError("--env-file needs python-dotenv (pip install python-dotenv)") from None
-    if not load_dotenv(path, override=False) and not os.path.isfile(path):
-        raise AppLoadError(f"--env-file {path!r} could not be read")
 
 
 def main(argv: list[str] | None = None) -> None:
