@@ -1,4 +1,5 @@
-"""The fleet: the worker table (``supervisor.process.reconcile``) with the requests that change what should run.
+"""The fleet: the worker table and its reconcile pass (``supervisor.process.reconcile``), with the requests that
+change what should run.
 
 Requests (start, grow, shrink, replace, restart, stop) only record what should be and wait for it; the table's
 reconcile pass, run by one loop whenever something happens (a worker ready or exited, a request, a tick), makes it
@@ -15,22 +16,22 @@ from typing import Any
 
 from ipc.errors import OperationInterruptedError, StartupError
 from supervisor.process.batches import Progress, Removal, ReplaceBatch, Waiter
-from supervisor.process.reconcile import (
+from supervisor.process.reconcile import Reconciler
+from supervisor.process.slots import Slot, WorkerHandle, failed_to_start, start_error
+from supervisor.process.worker_state import WorkerState
+from supervisor.process.worker_table import (
     FleetTiming,
     Launcher,
     Phase,
     SlotSockets,
-    WorkerTable,
 )
-from supervisor.process.slots import Slot, WorkerHandle, failed_to_start, start_error
-from supervisor.process.worker_state import WorkerState
 
 __all__ = ["Fleet", "FleetTiming", "Launcher", "Phase", "SlotSockets"]
 EXIT_CHECK_S = 1.0
 TICK_S = 0.1  # backoffs, heartbeats and drain deadlines are looked at this often even when nothing happens
 
 
-class Fleet(WorkerTable):
+class Fleet(Reconciler):
     def __init__(
         self,
         launcher: Launcher,
