@@ -66,6 +66,8 @@ SPREAD_OVER_S = 3.0
 # placing each arrival on its own, see load_tracker.EXACT_MAX_ARRIVALS_PER_S).
 SPARSE_GAP_S = 0.2
 SPARSE_FAST_GAP_S = 0.02
+# The same 4 users, each trial after a quiet spell of 3-4 s: the case a 5 ms "settle" plan (issue 11) must not break.
+SPARSE_IDLE_S = (3.0, 4.0)
 STALL_CLIENTS = 50  # over the 2 s stall and 0.5 s after: one every 50 ms on average
 
 
@@ -156,6 +158,12 @@ async def interleaved(
     return results
 
 
+def _idle_spell(run: int) -> float:
+    """3.0-4.0 s, a different length each trial (the supervisor's once-a-second reports fall at varying phases)."""
+    low, high = SPARSE_IDLE_S
+    return low + (high - low) * ((run * 0.37) % 1.0)
+
+
 async def demo_scenarios(servers: dict[str, Server], plan: Plan) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {name: {} for name in servers}
     parts: list[tuple[str, int, Callable[[Server, int], Awaitable[dict[str, Any]]]]] = [
@@ -163,6 +171,7 @@ async def demo_scenarios(servers: dict[str, Server], plan: Plan) -> dict[str, di
         ("sparse4", plan.sparse, lambda server, run: sparse(server, WORKERS, SPARSE_GAP_S)),
         ("sparse8", plan.sparse, lambda server, run: sparse(server, 2 * WORKERS, SPARSE_GAP_S)),
         ("sparse8_fast", plan.sparse, lambda server, run: sparse(server, 2 * WORKERS, SPARSE_FAST_GAP_S)),
+        ("sparse4_idle", plan.sparse, lambda server, run: sparse(server, WORKERS, SPARSE_GAP_S, _idle_spell(run))),
         ("spread_out", plan.spread_out, lambda server, run: spread_out(server, CLIENTS, SPREAD_OVER_S, run)),
         ("crash", plan.crashes, lambda server, run: crash_refill(server, CLIENTS, run, when_served=True)),
         ("crash_early", plan.crashes, lambda server, run: crash_refill(server, CLIENTS, run, when_served=False)),
@@ -240,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "spread_over_s": SPREAD_OVER_S,
         "sparse_gap_s": SPARSE_GAP_S,
         "sparse_fast_gap_s": SPARSE_FAST_GAP_S,
+        "sparse_idle_s": SPARSE_IDLE_S,
         "stall_s": STALL_S,
         "http_requests": plan.http_requests,
         "command": shlex.join([".venv/bin/python", "bench/steering.py", *(argv or sys.argv[1:])]),

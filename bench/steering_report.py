@@ -112,6 +112,9 @@ def render(results: dict[str, Any]) -> str:
         f" {_cells(results, even('sparse8'))} | all |",
         f"| {2 * meta['workers']} WebSockets {meta['sparse_fast_gap_s'] * 1000:g} ms apart: the same |"
         f" {_cells(results, even('sparse8_fast'))} | |",
+        f"| {meta['workers']} WebSockets {meta['sparse_gap_s']:g} s apart, each trial after"
+        f" {'-'.join(f'{s:g}' for s in meta.get('sparse_idle_s', ()))} s with no client: one per worker |"
+        f" {_cells(results, even('sparse4_idle'))} | all |",
         f"| worker killed with {n} connected; its clients back over 1 s once the replacement serves |"
         f" {_cells(results, crash('crash'))} | the new worker refilled first |",
         f"| the same, clients back 0.5-1.5 s after the cut, replacement up or not |"

@@ -73,8 +73,13 @@ async def burst(server: Server, clients: int) -> dict[str, Any]:
     return result
 
 
-async def sparse(server: Server, clients: int, gap_s: float) -> dict[str, Any]:
-    """``clients`` WebSockets opened one after the other, ``gap_s`` apart: whether each worker got its exact share."""
+async def sparse(server: Server, clients: int, gap_s: float, idle_s: float = 0.0) -> dict[str, Any]:
+    """``clients`` WebSockets opened one after the other, ``gap_s`` apart: whether each worker got its exact share.
+
+    ``idle_s``: a quiet spell first, with no client at all, on top of the settle pause every run starts from (a
+    service whose last user left a few seconds ago: the supervisor then plans from its once-a-second reports only).
+    """
+    await asyncio.sleep(idle_s)  # the quiet spell under test, not a wait for the server
     batch = Batch()
     for _ in range(clients):
         batch.clients.append(await open_one(server.ws_url))
