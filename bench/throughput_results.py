@@ -155,6 +155,17 @@ def to_json(samples: Sequence[Sample], settings: Settings, ctx: Context) -> dict
     return {"settings": asdict(settings), "context": asdict(ctx), "samples": [asdict(s) for s in samples]}
 
 
+def load_run_from(run: dict[str, Any]) -> LoadRun:
+    """A load run as ``dataclasses.asdict`` wrote it to JSON."""
+    return LoadRun(
+        wrk=WrkResult(**run["wrk"]),
+        cpu=TreeCpu(master=run["cpu"]["master"], workers=tuple(run["cpu"]["workers"]), helpers=run["cpu"]["helpers"]),
+        wall_s=run["wall_s"],
+        other_cores=run["other_cores"],
+        steal_cores=run["steal_cores"],
+    )
+
+
 def _sample_from(raw: dict[str, Any]) -> Sample:
     def memory(tree: dict[str, Any]) -> TreeMemory:
         master = tree["master"]
@@ -164,18 +175,7 @@ def _sample_from(raw: dict[str, Any]) -> Sample:
             helpers=tuple(Memory(**m) for m in tree["helpers"]),
         )
 
-    runs = {
-        mode: LoadRun(
-            wrk=WrkResult(**run["wrk"]),
-            cpu=TreeCpu(
-                master=run["cpu"]["master"], workers=tuple(run["cpu"]["workers"]), helpers=run["cpu"]["helpers"]
-            ),
-            wall_s=run["wall_s"],
-            other_cores=run["other_cores"],
-            steal_cores=run["steal_cores"],
-        )
-        for mode, run in raw["runs"].items()
-    }
+    runs = {mode: load_run_from(run) for mode, run in raw["runs"].items()}
     return Sample(
         server=raw["server"],
         round=raw["round"],
