@@ -64,6 +64,7 @@ class Hub:
         self.max_bytes = max_bytes
         self.counters = BusCounters()
         self._channels: dict[str, Channel] = {}
+        self._internal_channels = 0  # never removed (see leave): the app's channels are the others
         self._members: dict[int, Member] = {}  # by id() of the object the app joined with
         self._seqs: dict[str, int] = {}  # channel -> last sequence number published, least recently used first
         self._ids = itertools.count(1)
@@ -124,6 +125,7 @@ class Hub:
 
     def _open(self, name: str, *, internal: bool = False) -> Channel:
         channel = self._channels[name] = Channel(name, next(self._tokens), internal)
+        self._internal_channels += internal
         self._subscribe(channel)
         return channel
 
@@ -238,7 +240,8 @@ class Hub:
 
     def describe(self) -> dict[str, int]:
         """The counters for the worker's Report: totals since start, plus current channels and members."""
-        channels = sum(1 for channel in self._channels.values() if not channel.internal)
+        # Counted, not scanned: this runs 20 times a second, and a Socket.IO app can hold a room per client.
+        channels = len(self._channels) - self._internal_channels
         return {**self.counters.as_dict(), "channels": channels, "members": len(self._members)}
 
     def close(self) -> None:
