@@ -1,13 +1,12 @@
 """Worker → supervisor reporting: ready/failed notices and coalesced, heartbeat-carrying connection counts.
 
-The worker side runs a reporter task on the worker's own event loop: if the loop is blocked, reports stop, which
+The worker side ticks on the worker's own event loop: if the loop is blocked, reports and heartbeats stop, which
 is exactly what the supervisor must notice. Reports are sent when the counts change (``report_due`` says how soon)
 or a heartbeat is due, at most one per tick, never one per connection.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import NamedTuple
@@ -89,6 +88,8 @@ class StatsReporter:
         self._heartbeat = heartbeat
         self._seq = 0
         self.dropped = 0
+        self._last: tuple[Counts, Details] | None = None  # what the last tick's report sent, and when
+        self._last_sent = 0.0
 
     def _send(self, message: Message) -> None:
         try:
@@ -134,21 +135,15 @@ class StatsReporter:
             )
         )
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last: tuple[Counts, Details] | None = None
-        last_sent = 0.0
-        while True:
-            due = loop.time() + REPORT_TICK_S
-            await asyncio.sleep(REPORT_TICK_S)
-            now = loop.time()
-            lag_ms = max(0.0, (now - due) * 1000.0)
-            if self._heartbeat is not None:
-                self._heartbeat()
-            current = (self._snapshot(), self._details())
-            if report_due(now, last_sent, current, last):
-                self.send_report(current[0], lag_ms, current[1])
-                last, last_sent = current, now
+    def tick(self, now: float, loop_lag_ms: float) -> None:
+        """One sample, every REPORT_TICK_S on the worker's loop (its clock, supervisor.worker.clock): the heartbeat
+        in the shared page, and a report when ``report_due`` says so."""
+        if self._heartbeat is not None:
+            self._heartbeat()
+        current = (self._snapshot(), self._details())
+        if report_due(now, self._last_sent, current, self._last):
+            self.send_report(current[0], loop_lag_ms, current[1])
+            self._last, self._last_sent = current, now
 
     def close(self, linger_ms: int = 1000) -> None:
         """Flush what is queued (a Failed notice must reach the supervisor before the process exits)."""

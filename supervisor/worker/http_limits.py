@@ -115,15 +115,13 @@ class ConnectionGuard:
             transport.close()
         self._log()
 
-    async def run(self) -> None:
-        """The sweep: every tick, close the connections whose deadline has come."""
-        while True:
-            await asyncio.sleep(TICK_S)
-            self.advance()
-            try:
-                self.sweep()
-            except Exception:  # never seen; the sweep must outlive any one connection's surprise
-                logger.exception("HTTP limits: sweep failed")
+    def on_tick(self) -> None:
+        """Every TICK_S (the worker's clock, supervisor.worker.clock): close the connections whose deadline has come."""
+        self.advance()
+        try:
+            self.sweep()
+        except Exception:  # never seen; the sweep must outlive any one connection's surprise
+            logger.exception("HTTP limits: sweep failed")
 
     def advance(self) -> None:
         """The next tick."""

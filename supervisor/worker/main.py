@@ -34,6 +34,7 @@ from ipc.signals import (
 )
 from ipc.stats import Counts, StatsReporter
 from supervisor.worker.app_loader import load_app
+from supervisor.worker.clock import WorkerClock
 from supervisor.worker.drain import WebSocketMover, drain, drain_window
 from supervisor.worker.http_limits import HttpLimits, automatic_max_connections
 from supervisor.worker.process_setup import (
@@ -189,12 +190,10 @@ class Worker:
             # By path, not the fd inherited at spawn: the file may have been rotated while this worker started.
             reopen_log(settings.log_file)
             loop.add_signal_handler(REOPEN_WORKER_LOG, reopen_log, settings.log_file)
-        reporter_task = asyncio.create_task(self.reporter.run())
-        guard_task = asyncio.create_task(self.connections.guard.run())
+        clock = WorkerClock(self.reporter, self.connections.guard, server)
         pid = os.getpid()
         logger.info("serving %s (slot %d, generation %d, pid %d)", settings.app, spec.slot, spec.generation, pid)
-
-        await server.main_loop()
+        await clock.serve()  # uvicorn's main_loop, on the worker's one timer
         self.mover.cancel()  # the drain closes every WebSocket over its own window
         result = await drain(
             server,
@@ -214,8 +213,7 @@ class Worker:
         await server.lifespan.shutdown()
         # One last report, so the supervisor sees the final counts of this worker.
         self.reporter.send_report(self.counts(), 0.0)
-        reporter_task.cancel()
-        guard_task.cancel()
+        clock.stop()
         bus.close()
 
 
