@@ -53,6 +53,7 @@ class Sample:
     keep_us_per_request: float
     close_ms_per_s: float
     close_us_per_request: float
+    worker_idle_ms_per_s: float  # each worker's own idle CPU, the mean of the workers
 
 
 def _manager_cpu_s(server: RunningServer) -> float:
@@ -76,9 +77,11 @@ def measure(server_name: str, workers: int, args: argparse.Namespace, wrk: str, 
         server.wait_ready(60.0)
         run_wrk(wrk_argv(wrk, server.url, threads=1, connections=64, duration_s=WARMUP_S, close=True), WARMUP_S)
         time.sleep(SETTLE_S)  # a measured pause, not a wait for a condition: nothing to wait for
-        before = _manager_cpu_s(server)
+        before, tree_before = _manager_cpu_s(server), server.cpu()
         time.sleep(args.idle)
         idle = (_manager_cpu_s(server) - before) / args.idle
+        workers_idle = (server.cpu() - tree_before).workers
+        worker_idle = sum(workers_idle) / max(1, len(workers_idle)) / args.idle
         loaded: dict[bool, tuple[float, float]] = {}
         for close in (False, True):
             before = _manager_cpu_s(server)
@@ -91,7 +94,7 @@ def measure(server_name: str, workers: int, args: argparse.Namespace, wrk: str, 
                 raise RuntimeError(f"{server_name}: {result.socket_errors} socket errors, {result.non_2xx} non-2xx")
             loaded[close] = (used / elapsed * 1000, used / result.requests * 1e6)
         server.check_alive()
-    return Sample(server_name, workers, idle * 1000, *loaded[False], *loaded[True])
+    return Sample(server_name, workers, idle * 1000, *loaded[False], *loaded[True], worker_idle * 1000)
 
 
 def render(samples: list[Sample], args: argparse.Namespace) -> str:
@@ -114,10 +117,12 @@ def render(samples: list[Sample], args: argparse.Namespace) -> str:
         f"Measured {datetime.date.today()} on {cpu_model()} (2 cores, shared), wsup {wsup_revision(REPO)}, "
         f"{args.rounds} rounds (servers interleaved; medians shown). Manager CPU (user + system) over {args.idle:g} s "
         f"idle, then {args.load:g} s of `wrk -t1 -c64` keep-alive and {args.load:g} s of `Connection: close` on "
-        f"`/hello`. Command: `.venv/bin/python bench/supervisor_cost.py{command_options}`.",
+        f"`/hello`; the last column is each worker's own CPU in the idle window. Command: "
+        f"`.venv/bin/python bench/supervisor_cost.py{command_options}`.",
         "",
-        "| workers | server (manager) | idle, ms/s | keep-alive, ms/s | µs/request | close, ms/s | µs/request |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| workers | server (manager) | idle, ms/s | keep-alive, ms/s | µs/request | close, ms/s | µs/request "
+        "| each worker idle, ms/s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for workers in args.workers:
         for server in args.servers:
@@ -127,6 +132,7 @@ def render(samples: list[Sample], args: argparse.Namespace) -> str:
             cells.append(f"{median(workers, server, 'keep_us_per_request'):.2f}")
             cells.append(f"{median(workers, server, 'close_ms_per_s'):.1f}")
             cells.append(f"{median(workers, server, 'close_us_per_request'):.2f}")
+            cells.append(f"{median(workers, server, 'worker_idle_ms_per_s'):.1f}")
             label = labels.get(server, server)
             lines.append(f"| {workers} | {label} ({names[server]}) | " + " | ".join(cells) + " |")
     lines += [

@@ -77,6 +77,14 @@ def build_specs(workers: int, run_dir: str) -> dict[str, ServerSpec]:
             "spawn_main",
             single_process=workers == 1,
         ),
+        # The same uvicorn a second time: an A/A comparison, the noise floor of every ratio to uvicorn in one run.
+        "uvicorn-again": ServerSpec(
+            "uvicorn-again",
+            (py, "-m", "uvicorn", APP, "--workers", str(workers), "--port", "{port}")
+            + ("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"),
+            "spawn_main",
+            single_process=workers == 1,
+        ),
         "gunicorn": ServerSpec(
             "gunicorn",
             (py, "-m", "gunicorn", APP, "-k", gunicorn_worker_class(), "-w", str(workers), "-b", "127.0.0.1:{port}")
