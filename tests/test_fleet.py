@@ -411,6 +411,37 @@ def test_a_crashed_worker_is_replaced_after_its_backoff_and_a_silent_one_is_kill
     run(scenario)
 
 
+def test_the_fleet_is_steady_only_while_every_slot_is_served_and_nothing_moves() -> None:
+    """Its loop then looks 2 times a second instead of 10 (STEADY_TICK_S): only heartbeat timeouts can come due."""
+
+    async def scenario(h: Harness) -> None:
+        assert not h.fleet.steady  # starting
+        await h.started(2)
+        assert h.fleet.steady
+        h.workers()[0].exit(1)
+        await h.settle()
+        assert not h.fleet.steady  # a slot waits for its backoff
+        h.now += 0.3
+        await h.settle()
+        assert not h.fleet.steady  # its replacement starts
+        h.fleet.slots[0].worker.on_ready()
+        await h.settle()
+        assert h.fleet.steady
+        reload, _ = await h.reload_first_ready()
+        assert not h.fleet.steady  # replacing, and an old worker draining
+        h.old_workers_exit()
+        await h.settle()
+        for worker in h.starting():
+            worker.on_ready()
+        await h.settle()
+        h.old_workers_exit()
+        await h.settle()
+        await _finish(reload)
+        assert h.fleet.steady
+
+    run(scenario)
+
+
 def test_restart_starts_each_slot_again_once_its_old_worker_has_exited() -> None:
     async def scenario(h: Harness) -> None:
         await h.started(2)

@@ -28,7 +28,11 @@ from supervisor.process.worker_table import (
 
 __all__ = ["Fleet", "FleetTiming", "Launcher", "Phase", "SlotSockets"]
 EXIT_CHECK_S = 1.0
-TICK_S = 0.1  # backoffs, heartbeats and drain deadlines are looked at this often even when nothing happens
+TICK_S = 0.1  # backoffs, start and drain deadlines are looked at this often while anything is in motion
+# When every slot is served by a ready worker and nothing starts, drains or waits, the pass has only the heartbeat
+# timeouts (seconds) to look at: a wake-up of the supervisor costs ~0.3 ms of CPU, 10 a second were 3 ms/s idle.
+# Anything that changes that state (a report, an exit, a request) wakes the loop at once.
+STEADY_TICK_S = 0.5
 
 
 class Fleet(Reconciler):
@@ -65,7 +69,7 @@ class Fleet(Reconciler):
         next_exit_check = 0.0
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+                await asyncio.wait_for(self._wake.wait(), STEADY_TICK_S if self.steady else TICK_S)
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -77,6 +81,19 @@ class Fleet(Reconciler):
                 for worker in list(self._by_pid.values()):
                     worker.poll_exit()
             self.reconcile()
+
+    @property
+    def steady(self) -> bool:
+        """Every slot served by a ready worker, and nothing starting, draining, waiting or being replaced."""
+        if self.phase is not Phase.RUNNING or self.draining or self._waiters or self._batches or self._rolls:
+            return False
+        return len(self.slots) == self.target and all(
+            slot.worker is not None
+            and slot.worker.state is WorkerState.READY
+            and slot.candidate is None
+            and not (slot.removing or slot.held or slot.pending)
+            for slot in self.slots
+        )
 
     def _wait(self, check: Callable[[], Any]) -> asyncio.Future[Any]:
         """A future settled by the first reconcile pass after which ``check`` returns a result (or raises)."""
