@@ -14,7 +14,8 @@ import os
 from collections.abc import Iterable
 from typing import Final
 
-from ipc.bus_members import BusCounters, FrameMember, Member
+from ipc.bus_counters import BusCounters
+from ipc.bus_members import FrameMember, Member
 from ipc.bus_queue import Policy, validate_limit
 from ipc.bus_wire import BusMessage, Kind, check_size, encode_payload, topic, validate_channel, websocket_frame
 from ipc.errors import BusError

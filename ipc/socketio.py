@@ -32,7 +32,8 @@ except ImportError as exc:  # an optional extra: say how to get it
     raise ImportError("ipc.socketio needs python-socketio: pip install 'wsup[socketio]'") from exc
 
 from ipc import broadcast
-from ipc.bus_members import BusCounters, Subscription
+from ipc.bus_counters import BusCounters
+from ipc.bus_members import Subscription
 from ipc.bus_queue import Backlog, Policy, validate_limit
 from ipc.bus_remote import publish_to_instance
 from ipc.bus_wire import BusMessage, validate_channel

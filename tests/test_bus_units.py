@@ -20,8 +20,9 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from ipc import broadcast
+from ipc.bus_counters import BusCounters
 from ipc.bus_hub import LocalBus
-from ipc.bus_members import BusCounters, FrameMember, uvicorn_protocol
+from ipc.bus_members import FrameMember, uvicorn_protocol
 from ipc.bus_queue import CLOSE_TRY_AGAIN_LATER, Backlog, Outcome, Policy
 from ipc.bus_remote import publish_args, publish_to_instance
 from ipc.bus_wire import HEADER, BusMessage, Kind, check_size, decode, encode, encode_payload, validate_channel

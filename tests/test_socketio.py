@@ -18,8 +18,8 @@ import pytest
 import socketio
 
 from ipc import broadcast
+from ipc.bus_counters import BusCounters
 from ipc.bus_hub import LocalBus
-from ipc.bus_members import BusCounters
 from ipc.bus_wire import BusMessage, Kind
 from ipc.socketio import ManagerStream, WsupManager, emit_message, emit_to_instance, valid_message
 from tests.socketio_clients import BrowserClient, sio_client, source_address

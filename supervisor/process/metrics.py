@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-# Bus counters reported by workers (``ipc.bus_members.BusCounters``), by the label they get.
+# Bus counters reported by workers (``ipc.bus_counters.BusCounters``), by the label they get.
 BUS_DIRECTIONS = {"published": "bus.published", "received": "bus.received", "delivered": "bus.delivered"}
 BUS_DROPS = {
     "lost": "bus.lost",

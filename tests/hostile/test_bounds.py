@@ -12,8 +12,8 @@ import zmq
 import zmq.asyncio
 
 from ipc import broadcast, control
+from ipc.bus_counters import BusCounters
 from ipc.bus_hub import MAX_ORIGINS, LocalBus
-from ipc.bus_members import BusCounters
 from ipc.bus_wire import BusMessage, Kind
 from ipc.errors import WsupError
 from ipc.messages import MAX_COUNT, JSONObject, Report, Request, decode, encode
