@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -65,21 +65,13 @@ def build_specs(workers: int, run_dir: str) -> dict[str, ServerSpec]:
     diagnostic that separates the cost of steering from that of counting and reporting."""
     py = sys.executable
     baseline = os.environ.get(BASELINE_ENV)
-    return ({"wsup-baseline": _wsup("wsup-baseline", workers, run_dir, tree=baseline)} if baseline else {}) | {
+    specs = ({"wsup-baseline": _wsup("wsup-baseline", workers, run_dir, tree=baseline)} if baseline else {}) | {
         "wsup": _wsup("wsup", workers, run_dir),
         "wsup-hash": _wsup("wsup-hash", workers, run_dir, "--balance", "hash"),
         # wsup steering every connection to a worker's own queue, a stream of short ones too (issue 11).
         "wsup-no-shared": _wsup("wsup-no-shared", workers, run_dir, "--no-shared-queue"),
         "uvicorn": ServerSpec(
             "uvicorn",
-            (py, "-m", "uvicorn", APP, "--workers", str(workers), "--port", "{port}")
-            + ("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"),
-            "spawn_main",
-            single_process=workers == 1,
-        ),
-        # The same uvicorn a second time: an A/A comparison, the noise floor of every ratio to uvicorn in one run.
-        "uvicorn-again": ServerSpec(
-            "uvicorn-again",
             (py, "-m", "uvicorn", APP, "--workers", str(workers), "--port", "{port}")
             + ("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"),
             "spawn_main",
@@ -108,6 +100,9 @@ def build_specs(workers: int, run_dir: str) -> dict[str, ServerSpec]:
             None,
         ),
     }
+    # The same uvicorn a second time: an A/A comparison, the noise floor of every ratio to uvicorn in one run.
+    specs["uvicorn-again"] = replace(specs["uvicorn"], name="uvicorn-again")
+    return specs
 
 
 def _http_ok(port: int) -> bool:
