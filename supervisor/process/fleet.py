@@ -36,19 +36,8 @@ STEADY_TICK_S = 0.5
 
 
 class Fleet(Reconciler):
-    def __init__(
-        self,
-        launcher: Launcher,
-        sockets: SlotSockets,
-        timing: FleetTiming,
-        *,
-        on_change: Callable[[], None] = lambda: None,
-        before_close: Callable[[], None] = lambda: None,
-        clock: Callable[[], float] | None = None,
-    ) -> None:
-        super().__init__(launcher, sockets, timing, on_change=on_change, before_close=before_close, clock=clock)
-        self._waiters: list[Waiter] = []
-        self._wake = asyncio.Event()
+    """The table and its pass, with the requests and the loop that runs the pass. Their state (``_waiters``,
+    ``_wake``) is set up with the table's, so the fleet takes the table's constructor as it is."""
 
     # --- reads ---------------------------------------------------------------------------------------------
     def find(self, pid: int) -> WorkerHandle | None:

@@ -8,13 +8,14 @@ should run, and in which order, is decided by the reconcile pass (``supervisor.p
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-from supervisor.process.batches import ReplaceBatch
+from supervisor.process.batches import ReplaceBatch, Waiter
 from supervisor.process.slots import Draining, Slot, WorkerHandle, start_error
 from supervisor.process.worker_state import WorkerState
 
@@ -72,6 +73,9 @@ class WorkerTable:
         self._by_pid: dict[int, WorkerHandle] = {}
         self._killed: set[int] = set()
         self._kill_reasons: dict[int, str] = {}  # pid -> why the fleet killed it (a worker's own exit: "crash")
+        # The fleet's (supervisor.process.fleet): requests waiting for a pass to settle them, and what wakes its loop.
+        self._waiters: list[Waiter] = []
+        self._wake = asyncio.Event()
 
     @property
     def stopping(self) -> bool:
