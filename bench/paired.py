@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = {
             mode: {name: [load_run_from(run) for run in own] for name, own in by.items()} for mode, by in saved.items()
         }
-        print(report(runs, list(next(iter(runs.values()))), list(runs)))
+        saved_servers = list(next(iter(runs.values()), {}))
+        if "uvicorn" not in saved_servers:
+            raise SystemExit(f"bench: {args.from_json} holds no uvicorn runs, the baseline of every ratio")
+        print(report(runs, saved_servers, list(runs)))
         return 0
     wrk = find_wrk()
     settings = Settings(

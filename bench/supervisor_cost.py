@@ -77,11 +77,12 @@ def measure(server_name: str, workers: int, args: argparse.Namespace, wrk: str, 
         server.wait_ready(60.0)
         run_wrk(wrk_argv(wrk, server.url, threads=1, connections=64, duration_s=WARMUP_S, close=True), WARMUP_S)
         time.sleep(SETTLE_S)  # a measured pause, not a wait for a condition: nothing to wait for
-        before, tree_before = _manager_cpu_s(server), server.cpu()
+        assert server.master is not None  # the manager is what this measures
+        idle_from = server.cpu()
         time.sleep(args.idle)
-        idle = (_manager_cpu_s(server) - before) / args.idle
-        workers_idle = (server.cpu() - tree_before).workers
-        worker_idle = sum(workers_idle) / max(1, len(workers_idle)) / args.idle
+        idle_cpu = server.cpu() - idle_from
+        idle = idle_cpu.master / args.idle
+        worker_idle = sum(idle_cpu.workers) / max(1, len(idle_cpu.workers)) / args.idle
         loaded: dict[bool, tuple[float, float]] = {}
         for close in (False, True):
             before = _manager_cpu_s(server)
